@@ -1,0 +1,42 @@
+"""The algorithms a run can use, by name: ``algorithm=<name>`` in the config.
+
+Each entry is an ``Algorithm``: the frozen settings dataclass built from its ``conf/algorithm/``
+file, the ``HeteroClient`` subclass and the ``HeteroStrategy`` subclass. Adding an algorithm means
+adding a module here, one line in ``ALGORITHMS`` and a YAML file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from fedvtc.algorithms.fedvtc import FedVTCClient, FedVTCSettings, FedVTCStrategy
+from fedvtc.algorithms.local import LocalClient, LocalSettings, LocalStrategy
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    settings: type
+    client: type
+    strategy: type
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "fedvtc": Algorithm(FedVTCSettings, FedVTCClient, FedVTCStrategy),
+    "local": Algorithm(LocalSettings, LocalClient, LocalStrategy),
+}
+
+
+def get_algorithm(name: str) -> Algorithm:
+    if name not in ALGORITHMS:
+        from fedvtc.config import ConfigError
+
+        raise ConfigError(f"unknown algorithm '{name}'; available: {sorted(ALGORITHMS)}")
+    return ALGORITHMS[name]
+
+
+def algorithm_settings(name: str, values: Mapping[str, Any]) -> Any:
+    """The algorithm's settings dataclass built from its config group (minus ``name``)."""
+    from fedvtc.config import dataclass_from_mapping
+
+    return dataclass_from_mapping(get_algorithm(name).settings, values, "algorithm")

@@ -1,0 +1,252 @@
+"""FedVTC: share per-class feature Gaussians, train a VTC generator on them, fine-tune on its images.
+
+Client (``FedVTCClient``), per round, given the pooled statistics of the previous round:
+local training with the KL alignment -> VTC training (classifier frozen) -> synthesis from the pooled
+class Gaussians -> fine-tuning -> statistics of the fine-tuned extractor, uploaded.
+Server (``FedVTCStrategy``): pools the statistics exactly (and FedAvg's the VTC when it is shared).
+See METHOD.md §2-4 and ``conf/algorithm/fedvtc.yaml`` for every option.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from fedvtc.averaging import weighted_average
+from fedvtc.client import HeteroClient
+from fedvtc.config import ConfigError, RunSettings
+from fedvtc.data import ImageSet
+from fedvtc.payload import Payload, PayloadError, decode
+from fedvtc.plots import save_class_grid
+from fedvtc.seeding import FINETUNE, INIT, SYNTHESIS, VTC_TRAIN, derive_seed, torch_generator
+from fedvtc.stats import ClassStats, pool_statistics
+from fedvtc.strategy import HeteroStrategy, Upload
+from fedvtc.training import (
+    Alignment,
+    GlobalGaussians,
+    feature_statistics,
+    finetune,
+    synthesize,
+    train_vtc,
+)
+from fedvtc.vtc import VTC, load_shared_arrays, shared_arrays, shared_shapes
+
+SCHEDULES = ("every_round", "final", "off")
+FINETUNE_DATA = ("mix", "synthetic", "real")
+
+
+@dataclass(frozen=True)
+class VTCSettings:
+    width: int = 16
+    steps: int = 60
+    lr: float = 1e-3
+    batch_size: int = 32
+    dm_weight: float = 1.0
+    dm_per_class: int = 8
+    grad_clip: float = 10.0
+
+
+@dataclass(frozen=True)
+class SynthesisSettings:
+    per_class: int = 50
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    data: str = "mix"
+    scope: str = "full"
+    epochs: int = 1
+
+
+@dataclass(frozen=True)
+class FedVTCSettings:
+    """``conf/algorithm/fedvtc.yaml``; each field is documented there."""
+
+    kl_weight: float = 1.0
+    kl_reduction: str = "sum"
+    variance_floor: float = 1e-3
+    schedule: str = "every_round"
+    shared_vtc: bool = False
+    covariance: str = "diag"
+    shrinkage: float = 0.1
+    vtc: VTCSettings = field(default_factory=VTCSettings)
+    synthesis: SynthesisSettings = field(default_factory=SynthesisSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+
+    def check(self, run: RunSettings) -> None:
+        """Raise ``ConfigError`` for values that cannot work."""
+        choices = {
+            "schedule": (self.schedule, SCHEDULES),
+            "covariance": (self.covariance, ("diag", "full")),
+            "kl_reduction": (self.kl_reduction, ("sum", "mean")),
+            "finetune.data": (self.finetune.data, FINETUNE_DATA),
+            "finetune.scope": (self.finetune.scope, ("full", "head")),
+        }
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"algorithm.{key} must be one of {list(allowed)}, got '{value}'")
+        for key, value in (("kl_weight", self.kl_weight), ("vtc.dm_weight", self.vtc.dm_weight)):
+            if value < 0:
+                raise ConfigError(f"algorithm.{key} must be >= 0, got {value}")
+        if self.variance_floor <= 0:
+            raise ConfigError(f"algorithm.variance_floor must be > 0, got {self.variance_floor}")
+        if self.vtc.dm_per_class < 2:
+            raise ConfigError(
+                f"algorithm.vtc.dm_per_class must be >= 2 (a std needs 2 samples), got {self.vtc.dm_per_class}"
+            )
+        if self.synthesis.per_class < 1 or self.vtc.steps < 0 or self.finetune.epochs < 0:
+            raise ConfigError("algorithm.synthesis.per_class must be >= 1; vtc.steps, finetune.epochs >= 0")
+        if not 0 <= self.shrinkage <= 1:
+            raise ConfigError(f"algorithm.shrinkage must be in [0, 1], got {self.shrinkage}")
+
+
+def build_vtc(run: RunSettings) -> VTC:
+    """The VTC for this run's data and feature size."""
+    d = run.dataset
+    return VTC(run.feature_dim, d.image_size, d.channels, d.mean, d.std, width=run.algorithm.vtc.width)
+
+
+class FedVTCClient(HeteroClient):
+    """A FedVTC client: its own model and (unless shared) its own VTC."""
+
+    def setup(self) -> None:
+        a: FedVTCSettings = self.s.algorithm
+        # A shared VTC starts from the same weights on every client; a private one from its own.
+        init_key = (self.s.seed, INIT, 1) if a.shared_vtc else (self.s.seed, self.cid, INIT, 1)
+        torch.manual_seed(derive_seed(*init_key))
+        self.vtc = build_vtc(self.s).to(self.device)
+        self.vtc_optimizer = torch.optim.Adam(self.vtc.parameters(), lr=a.vtc.lr)
+        self.local_stats: ClassStats | None = None
+
+    def extra_state(self) -> dict[str, Any]:
+        return {
+            "vtc": self.vtc.state_dict(),
+            "vtc_optimizer": self.vtc_optimizer.state_dict(),
+            "local_stats": self.local_stats,
+        }
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.vtc.load_state_dict(state["vtc"])
+        self.vtc_optimizer.load_state_dict(state["vtc_optimizer"])
+        self.local_stats = state["local_stats"]
+
+    def decode_download(self, parameters: list) -> Payload:
+        # The server sends the pooled VTC once one exists (from round 2 when shared), else none.
+        return decode(
+            parameters, num_classes=self.s.dataset.num_classes, feature_dim=self.s.feature_dim,
+            extra_shapes=shared_shapes(self.vtc) if self.s.algorithm.shared_vtc else None,
+            extra_optional=True,
+        )
+
+    def train_round(self, received: Payload, server_round: int, num_rounds: int) -> Payload:
+        a: FedVTCSettings = self.s.algorithm
+        C = self.s.dataset.num_classes
+        target = None
+        if received.stats is not None:
+            target = GlobalGaussians.from_stats(
+                received.stats, C, variance_floor=a.variance_floor, device=self.device
+            )
+        if a.shared_vtc and received.extra:
+            load_shared_arrays(self.vtc, received.extra)
+
+        alignment = None
+        if target is not None and a.kl_weight > 0 and self.local_stats is not None:
+            _, _, local_vars = self.local_stats.dense(C)
+            local_vars = torch.as_tensor(local_vars, dtype=torch.float32, device=self.device)
+            alignment = Alignment(target, local_vars.clamp_min(a.variance_floor), a.kl_weight, a.kl_reduction)
+        self.local_training(server_round, alignment=alignment)
+
+        generate = target is not None and (
+            a.schedule == "every_round" or (a.schedule == "final" and server_round == num_rounds)
+        )
+        if generate:
+            self._generate_and_finetune(target, server_round, num_rounds)
+
+        with self.timer("statistics"):
+            self.local_stats = feature_statistics(
+                self.model, self._on_device(self.train_data), full=a.covariance == "full"
+            )
+        return Payload(stats=self.local_stats, extra=shared_arrays(self.vtc) if a.shared_vtc else [])
+
+    def _generate_and_finetune(self, target: GlobalGaussians, server_round: int, num_rounds: int) -> None:
+        a: FedVTCSettings = self.s.algorithm
+        key = (self.s.seed, self.cid, server_round)
+        train = self._on_device(self.train_data)
+        with self.timer("vtc_train"):
+            train_vtc(
+                self.vtc, self.model, train, self.vtc_optimizer, target,
+                steps=a.vtc.steps, batch_size=a.vtc.batch_size,
+                generator=torch_generator(*key, VTC_TRAIN), dm_weight=a.vtc.dm_weight,
+                dm_per_class=a.vtc.dm_per_class, grad_clip=a.vtc.grad_clip,
+            )
+        synthetic = None
+        if a.finetune.data != "real" or self._wants_grid(server_round, num_rounds):
+            with self.timer("synthesis"):
+                synthetic = synthesize(
+                    self.vtc, target, per_class=a.synthesis.per_class,
+                    generator=torch_generator(*key, SYNTHESIS),
+                )
+            if self._wants_grid(server_round, num_rounds):
+                save_class_grid(
+                    self.vtc.to_pixels(synthetic.x.to(self.device)).cpu(), synthetic.y,
+                    Path(self.s.output_dir) / f"synthetic_client{self.cid}.png",
+                    per_class=self.s.output.synthetic_grid_per_class,
+                )
+        data = {
+            "mix": lambda: _concat(train, synthetic),
+            "synthetic": lambda: synthetic,
+            "real": lambda: train,
+        }[a.finetune.data]()
+        with self.timer("finetune"):
+            finetune(
+                self.model, data, self.optimizer, epochs=a.finetune.epochs,
+                batch_size=self.s.train.batch_size, generator=torch_generator(*key, FINETUNE),
+                scope=a.finetune.scope, grad_clip=self.s.train.grad_clip,
+            )
+
+    def _wants_grid(self, server_round: int, num_rounds: int) -> bool:
+        return server_round == num_rounds and self.cid in self.s.output.synthetic_grid_clients
+
+
+def _concat(a: ImageSet, b: ImageSet) -> ImageSet:
+    return ImageSet(torch.cat([a.x, b.x.to(a.x.device)]), torch.cat([a.y, b.y.to(a.y.device)]))
+
+
+class FedVTCStrategy(HeteroStrategy):
+    """Pools the clients' class statistics exactly; FedAvg's the VTC when it is shared.
+
+    Args:
+        covariance: ``"diag"`` or ``"full"``; uploads of the other kind are rejected.
+        vtc_shapes: shapes of the shared VTC's arrays, or None when VTCs are private.
+        **kwargs: see ``HeteroStrategy``.
+    """
+
+    def __init__(self, *, covariance: str = "diag", vtc_shapes: Sequence[tuple[int, ...]] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.covariance = covariance
+        self.vtc_shapes = list(vtc_shapes) if vtc_shapes is not None else None
+
+    @classmethod
+    def from_settings(cls, run: RunSettings, **kwargs: Any) -> FedVTCStrategy:
+        a: FedVTCSettings = run.algorithm
+        shapes = shared_shapes(build_vtc(run)) if a.shared_vtc else None
+        return cls(covariance=a.covariance, vtc_shapes=shapes, **kwargs)
+
+    def extra_upload_shapes(self) -> Sequence[tuple[int, ...]] | None:
+        return self.vtc_shapes
+
+    def check_upload(self, payload: Payload) -> None:
+        if payload.stats is None:
+            raise PayloadError("a FedVTC upload must carry class statistics")
+        if payload.stats.full != (self.covariance == "full"):
+            raise PayloadError(f"statistics must be {self.covariance} covariance")
+
+    def aggregate(self, server_round: int, uploads: list[Upload]) -> Payload:
+        stats = pool_statistics([u.payload.stats for u in uploads])
+        extra: list = []
+        if self.vtc_shapes is not None:
+            extra = weighted_average([u.payload.extra for u in uploads], [u.num_examples for u in uploads])
+        return Payload(stats=stats, extra=extra)

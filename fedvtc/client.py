@@ -1,0 +1,185 @@
+"""The client machinery every algorithm shares: a ``flwr.client.NumPyClient`` subclass.
+
+``HeteroClient`` owns what is common to FedVTC and the baselines: the client's data share, its
+architecture from the zoo, its optimizer, the state file that carries all of it across rounds,
+evaluation on the global and local test sets, and the timing of each phase. An algorithm subclasses
+it and implements ``train_round`` (what to do with what the server sent, and what to send back) and,
+if it keeps more state, ``extra_state`` / ``load_extra_state``. Formulas live in ``losses``,
+``stats`` and ``training``; this layer only decodes, calls them and encodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.client import NumPyClient
+
+from fedvtc.config import RunSettings, resolve_device
+from fedvtc.data import ImageSet
+from fedvtc.federated_data import client_data, global_test_set
+from fedvtc.payload import Payload, decode, encode
+from fedvtc.profiling import PhaseTimer, peak_rss_mb
+from fedvtc.seeding import INIT, LOCAL_TRAIN, derive_seed, torch_generator
+from fedvtc.state import load_state, save_state, state_path
+from fedvtc.training import evaluate, train_local
+from fedvtc.zoo import HeteroModel, create_model
+
+log = logging.getLogger("fedvtc")
+
+
+def make_optimizer(params, *, name: str, lr: float, momentum: float, weight_decay: float):
+    """SGD (with momentum) or Adam over ``params``."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+class HeteroClient(NumPyClient):
+    """One client with its own architecture; state is loaded from and saved to disk every message.
+
+    Args:
+        cid: the client's partition id (0..num_clients-1); selects its data and its model.
+        settings: the validated run settings.
+    """
+
+    def __init__(self, cid: int, settings: RunSettings) -> None:
+        self.cid = cid
+        self.s = settings
+        self.device = torch.device(resolve_device(settings.device))
+        torch.set_num_threads(settings.simulation.threads_per_client)
+        self.train_data, self.test_data = client_data(settings, cid)
+        self.arch = settings.model_name(cid)
+        torch.manual_seed(derive_seed(settings.seed, cid, INIT))
+        self.model: HeteroModel = create_model(
+            self.arch,
+            num_classes=settings.dataset.num_classes,
+            feature_dim=settings.feature_dim,
+            in_channels=settings.dataset.channels,
+            image_size=settings.dataset.image_size,
+        ).to(self.device)
+        t = settings.train
+        self.optimizer = make_optimizer(
+            self.model.parameters(), name=t.optimizer, lr=t.lr, momentum=t.momentum,
+            weight_decay=t.weight_decay,
+        )
+        self.timer = PhaseTimer()
+        self.rounds_done = 0
+        self.setup()
+        self._load()
+
+    # ---- what an algorithm implements -------------------------------------------------------
+
+    def train_round(self, received: Payload, server_round: int, num_rounds: int) -> Payload:
+        """One round of local work given the server's payload; returns what to upload.
+
+        The default trains locally and uploads nothing (the ``local`` baseline).
+        """
+        self.local_training(server_round)
+        return Payload()
+
+    def setup(self) -> None:
+        """Build algorithm-specific modules (called before any saved state is loaded)."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """Algorithm state beyond model and optimizer, saved with them."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``extra_state`` returned (called only when a saved state exists)."""
+
+    def decode_download(self, parameters: list[np.ndarray]) -> Payload:
+        """Parse the server's payload (an algorithm with shared weights overrides the shapes)."""
+        return decode(
+            parameters, num_classes=self.s.dataset.num_classes, feature_dim=self.s.feature_dim
+        )
+
+    # ---- shared phases ------------------------------------------------------------------------
+
+    def local_training(self, server_round: int, **kwargs: Any) -> float:
+        """Train the model on local data for ``train.local_epochs`` (extra kwargs to ``train_local``)."""
+        t = self.s.train
+        with self.timer("local_train"):
+            return train_local(
+                self.model, self._on_device(self.train_data), self.optimizer,
+                epochs=t.local_epochs, batch_size=t.batch_size,
+                generator=torch_generator(self.s.seed, self.cid, server_round, LOCAL_TRAIN),
+                grad_clip=t.grad_clip, **kwargs,
+            )
+
+    # ---- Flower ---------------------------------------------------------------------------------
+
+    def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
+        """Model parameters are private: nothing to hand the server."""
+        return encode(Payload())
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]):
+        server_round = int(config["server_round"])
+        num_rounds = int(config["num_rounds"])
+        start = time.perf_counter()
+        received = self.decode_download(parameters)
+        upload = self.train_round(received, server_round, num_rounds)
+        self.rounds_done = server_round
+        with self.timer("save_state"):
+            self._save()
+        metrics = {
+            "cid": self.cid,
+            "arch": self.arch,
+            "seconds": round(time.perf_counter() - start, 4),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            **self.timer.as_metrics(),
+        }
+        if self.device.type == "cuda":
+            metrics["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        return encode(upload), len(self.train_data), metrics
+
+    def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]):
+        with self.timer("evaluate"):
+            global_loss, global_acc = evaluate(
+                self.model, global_test_set(self.s), batch_size=self.s.eval.batch_size
+            )
+            _, local_acc = evaluate(self.model, self.test_data, batch_size=self.s.eval.batch_size)
+        metrics = {
+            "cid": self.cid,
+            "arch": self.arch,
+            "global_accuracy": global_acc,
+            "local_accuracy": local_acc,
+            "time_evaluate": round(self.timer.seconds["evaluate"], 4),
+        }
+        return float(global_loss), len(self.test_data), metrics
+
+    # ---- state ----------------------------------------------------------------------------------
+
+    def _on_device(self, data: ImageSet) -> ImageSet:
+        return data if self.device.type == "cpu" else ImageSet(data.x.to(self.device), data.y.to(self.device))
+
+    def _save(self) -> None:
+        save_state(
+            state_path(self.s.state_dir, self.cid),
+            {
+                "arch": self.arch,
+                "round": self.rounds_done,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "extra": self.extra_state(),
+            },
+        )
+
+    def _load(self) -> None:
+        state = load_state(state_path(self.s.state_dir, self.cid))
+        if state is None:
+            return
+        if state.get("arch") != self.arch:
+            raise RuntimeError(
+                f"client {self.cid}: saved state is for '{state.get('arch')}', the zoo now gives "
+                f"'{self.arch}'; use a fresh simulation.state_dir"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rounds_done = int(state["round"])
+        self.load_extra_state(state["extra"])

@@ -1,0 +1,250 @@
+"""The results of a run: ``results.json``, the accuracy plot, the console lines and summary.
+
+``ResultsRecorder`` is fed by the strategy (fit outcome, then evaluation, of every round) and
+rewrites ``results.json`` atomically after each round, so a run stopped midway keeps every round it
+finished. The file's layout:
+
+- ``meta``: what ran (algorithm, dataset, partition, zoo, clients, rounds, seed, evaluation set).
+- ``clients``: per client id, architecture, local train/test sizes and class counts.
+- ``rounds``: one entry per round: ``round``, ``global_accuracy`` (mean over clients),
+  ``global_accuracy_std``, ``local_accuracy``, ``local_accuracy_std``, ``per_arch``,
+  ``bytes_up``/``bytes_down`` (all clients together, payload bytes actually sent),
+  ``bytes_up_per_client``/``bytes_down_per_client``, ``seconds`` (wall), ``phase_seconds`` (mean
+  per client), ``peak_rss_mb`` (max over clients), ``accepted``, ``rejected`` (with reasons),
+  ``failures``. Rounds without evaluation carry ``null`` accuracies.
+- ``final``: the last round's figures plus ``best_round`` (by mean global accuracy, labelled as
+  such), totals, and ``clients``: per client id, architecture, global and local accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger("fedvtc")
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (0 for a single value)."""
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON to a temporary file beside ``path`` and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2)
+    os.replace(tmp, path)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+class ResultsRecorder:
+    """Collects per-round figures and writes them to ``<output_dir>/results.json``.
+
+    Args:
+        output_dir: the run's output directory.
+        meta: what ran, stored verbatim under ``meta``.
+        clients: static per-client facts (cid, arch, sizes, class counts), stored under ``clients``.
+        num_rounds: rounds in the run; the last one triggers ``finish``.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        *,
+        meta: dict[str, Any],
+        clients: list[dict[str, Any]],
+        num_rounds: int,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.meta = meta
+        self.clients = clients
+        self.num_rounds = num_rounds
+        self.rounds: list[dict[str, Any]] = []
+        self.final: dict[str, Any] | None = None
+        self._last_eval: list[dict[str, Any]] = []
+
+    @property
+    def path(self) -> Path:
+        return self.output_dir / "results.json"
+
+    def record_fit(
+        self,
+        server_round: int,
+        *,
+        bytes_up: int,
+        bytes_down: int,
+        clients_sent: int,
+        fit_metrics: list[dict[str, Any]],
+        rejected: list[dict[str, Any]],
+        failures: int,
+        server_seconds: float,
+    ) -> None:
+        """What the fit half of a round produced (before evaluation)."""
+        phases: dict[str, list[float]] = defaultdict(list)
+        for m in fit_metrics:
+            for key, value in m.items():
+                if key.startswith("time_"):
+                    phases[key[5:]].append(float(value))
+        answered = max(len(fit_metrics) + len(rejected), 1)
+        entry = {
+            "round": server_round,
+            "global_accuracy": None,
+            "global_accuracy_std": None,
+            "local_accuracy": None,
+            "local_accuracy_std": None,
+            "per_arch": {},
+            "bytes_up": bytes_up,
+            "bytes_down": bytes_down,
+            "bytes_up_per_client": bytes_up / answered,
+            "bytes_down_per_client": bytes_down / max(clients_sent, 1),
+            "seconds": None,
+            "phase_seconds": {k: statistics.fmean(v) for k, v in sorted(phases.items())},
+            "client_seconds_total": sum(float(m.get("seconds", 0.0)) for m in fit_metrics),
+            "server_aggregate_seconds": server_seconds,
+            "peak_rss_mb": max((float(m.get("peak_rss_mb", 0.0)) for m in fit_metrics), default=None),
+            "peak_gpu_mb": max((float(m["peak_gpu_mb"]) for m in fit_metrics if "peak_gpu_mb" in m), default=None),
+            "clients_sent": clients_sent,
+            "accepted": len(fit_metrics),
+            "rejected": rejected,
+            "failures": failures,
+        }
+        self.rounds.append(entry)
+
+    def record_eval(self, server_round: int, client_metrics: list[dict[str, Any]]) -> None:
+        """Per-client evaluation metrics of a round: mean/std over clients and per architecture."""
+        entry = self._entry(server_round)
+        client_metrics = sorted(client_metrics, key=lambda m: int(m["cid"]))
+        g = [float(m["global_accuracy"]) for m in client_metrics]
+        loc = [float(m["local_accuracy"]) for m in client_metrics]
+        entry["global_accuracy"], entry["global_accuracy_std"] = mean_std(g)
+        entry["local_accuracy"], entry["local_accuracy_std"] = mean_std(loc)
+        by_arch: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for m in client_metrics:
+            by_arch[str(m["arch"])].append(m)
+        entry["per_arch"] = {
+            arch: {
+                "clients": len(ms),
+                "global_accuracy": statistics.fmean(float(m["global_accuracy"]) for m in ms),
+                "local_accuracy": statistics.fmean(float(m["local_accuracy"]) for m in ms),
+            }
+            for arch, ms in sorted(by_arch.items())
+        }
+        entry["evaluated_clients"] = len(client_metrics)
+        self._last_eval = [
+            {
+                "cid": int(m["cid"]),
+                "arch": str(m["arch"]),
+                "global_accuracy": float(m["global_accuracy"]),
+                "local_accuracy": float(m["local_accuracy"]),
+            }
+            for m in client_metrics
+        ]
+
+    def end_round(self, server_round: int, seconds: float) -> None:
+        """Close a round: store its wall time, print its line, rewrite results.json."""
+        entry = self._entry(server_round)
+        entry["seconds"] = seconds
+        log.info(self.round_line(entry))
+        if server_round >= self.num_rounds:
+            self.finish()
+        else:
+            self.save()
+
+    def round_line(self, e: dict[str, Any]) -> str:
+        acc = (
+            f"global acc {e['global_accuracy']:.4f} ± {e['global_accuracy_std']:.4f} | "
+            f"local acc {e['local_accuracy']:.4f}"
+            if e["global_accuracy"] is not None
+            else "not evaluated"
+        )
+        rejected = f" | rejected {len(e['rejected'])}" if e["rejected"] else ""
+        return (
+            f"round {e['round']}/{self.num_rounds} | {acc} | up {_human_bytes(e['bytes_up'])} "
+            f"down {_human_bytes(e['bytes_down'])} | {e['seconds']:.1f} s{rejected}"
+        )
+
+    def finish(self) -> None:
+        """Write the ``final`` entry, results.json, the accuracy plot; print the summary table."""
+        evaluated = [r for r in self.rounds if r["global_accuracy"] is not None]
+        last = evaluated[-1] if evaluated else self.rounds[-1]
+        best = max(evaluated, key=lambda r: r["global_accuracy"]) if evaluated else last
+        self.final = {
+            "round": last["round"],
+            "global_accuracy": last["global_accuracy"],
+            "global_accuracy_std": last["global_accuracy_std"],
+            "local_accuracy": last["local_accuracy"],
+            "local_accuracy_std": last["local_accuracy_std"],
+            "per_arch": last["per_arch"],
+            "best_round": {
+                "round": best["round"],
+                "global_accuracy": best["global_accuracy"],
+                "global_accuracy_std": best["global_accuracy_std"],
+            },
+            "total_bytes_up": sum(r["bytes_up"] for r in self.rounds),
+            "total_bytes_down": sum(r["bytes_down"] for r in self.rounds),
+            "total_seconds": sum(r["seconds"] or 0.0 for r in self.rounds),
+            "clients": self._last_eval,
+        }
+        self.save()
+        try:
+            from fedvtc.plots import plot_accuracy
+
+            plot_accuracy(self.rounds, self.output_dir / "accuracy.png", title=self._title())
+        except Exception as error:  # a plot must never cost the results
+            log.warning("accuracy plot not written: %s", error)
+        log.info("\n" + self.summary())
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.as_dict())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"meta": self.meta, "clients": self.clients, "rounds": self.rounds, "final": self.final}
+
+    def summary(self) -> str:
+        """A plain-text table: one row per client, then per architecture, then the mean."""
+        f = self.final or {}
+        lines = [f"Summary: {self._title()} (round {f.get('round')})"]
+        lines.append(f"{'client':>6}  {'architecture':<14} {'global acc':>10} {'local acc':>10}")
+        for c in f.get("clients", []):
+            lines.append(f"{c['cid']:>6}  {c['arch']:<14} {c['global_accuracy']:>10.4f} {c['local_accuracy']:>10.4f}")
+        for arch, a in (f.get("per_arch") or {}).items():
+            lines.append(f"{'arch':>6}  {arch:<14} {a['global_accuracy']:>10.4f} {a['local_accuracy']:>10.4f}")
+        if f.get("global_accuracy") is not None:
+            lines.append(
+                f"{'mean':>6}  {'':<14} {f['global_accuracy']:>10.4f} {f['local_accuracy']:>10.4f}"
+                f"   (global std {f['global_accuracy_std']:.4f}; best round {f['best_round']['round']}: "
+                f"{f['best_round']['global_accuracy']:.4f})"
+            )
+        lines.append(
+            f"bytes up {_human_bytes(f.get('total_bytes_up', 0))}, down "
+            f"{_human_bytes(f.get('total_bytes_down', 0))}, {f.get('total_seconds', 0.0):.1f} s in rounds"
+        )
+        return "\n".join(lines)
+
+    def _title(self) -> str:
+        m = self.meta
+        return f"{m.get('algorithm')} on {m.get('dataset')} ({m.get('partition_label', '')})"
+
+    def _entry(self, server_round: int) -> dict[str, Any]:
+        for entry in reversed(self.rounds):
+            if entry["round"] == server_round:
+                return entry
+        raise KeyError(f"round {server_round} has no fit record")

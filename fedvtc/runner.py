@@ -1,0 +1,68 @@
+"""Preparing and running a simulation: everything ``run_simulation.py`` does besides Hydra.
+
+``prepare_run`` fails early, before Ray or any training starts, on anything that cannot work: a bad
+config value, a missing dataset, a partition that cannot be made. ``simulate`` runs the Flower
+simulation and returns the ``final`` entry of ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from fedvtc.apps import backend_config, make_client_app, make_server_app, set_quiet_env
+from fedvtc.config import ConfigError, RunSettings, build_settings, to_container
+from fedvtc.data import DatasetNotFoundError
+from fedvtc.federated_data import federated_split
+
+log = logging.getLogger("fedvtc")
+
+
+class RunError(RuntimeError):
+    """A run that cannot start; the message says what to change."""
+
+
+def prepare_run(cfg: DictConfig | Mapping[str, Any], output_dir: str | os.PathLike) -> RunSettings:
+    """Validate ``cfg``, load the data, make the partition and save the resolved config.
+
+    Raises:
+        RunError: with the reason and the fix, for a bad value, missing data or an impossible split.
+    """
+    try:
+        settings = build_settings(cfg, output_dir=output_dir)
+        federated_split(settings)  # loads the dataset and partitions it, or says why it cannot
+    except ConfigError as error:
+        raise RunError(f"invalid configuration: {error}") from error
+    except DatasetNotFoundError as error:
+        raise RunError(str(error)) from error
+    except ValueError as error:  # the partitioners' argument checks
+        raise RunError(f"invalid configuration: {error}") from error
+    out = Path(settings.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = to_container(cfg)
+    resolved.pop("hydra", None)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    return settings
+
+
+def simulate(settings: RunSettings) -> dict[str, Any] | None:
+    """Run the Flower simulation for ``settings``; return the ``final`` entry of its results."""
+    set_quiet_env()
+    from flwr.simulation import run_simulation
+
+    run_simulation(
+        server_app=make_server_app(settings),
+        client_app=make_client_app(settings),
+        num_supernodes=settings.num_clients,
+        backend_config=backend_config(settings),
+    )
+    results = Path(settings.output_dir) / "results.json"
+    if not results.exists():
+        log.error("the simulation ended without writing %s; see the log above", results)
+        return None
+    return json.loads(results.read_text()).get("final")

@@ -1,0 +1,237 @@
+"""The server machinery every algorithm shares: a ``flwr.server.strategy.Strategy`` subclass.
+
+``HeteroStrategy`` replaces parameter averaging with an exchange of payloads (``fedvtc.payload``):
+each round it sends the current global payload to the sampled clients, decodes and validates what
+comes back (a malformed upload is dropped with a logged reason, the others are used), lets the
+algorithm combine the accepted uploads (``aggregate``), asks every client for its evaluation and
+records the round (``fedvtc.results``). It counts the bytes of every payload it sends and receives.
+An algorithm subclasses it and implements ``aggregate`` (and ``extra_upload_shapes`` if clients send
+model weights).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
+
+from fedvtc.payload import Payload, PayloadError, decode, encode
+from fedvtc.results import ResultsRecorder
+
+log = logging.getLogger("fedvtc")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One client's accepted upload."""
+
+    cid: int
+    payload: Payload
+    num_examples: int
+    metrics: dict[str, Scalar]
+
+
+def parameters_nbytes(parameters: Parameters) -> int:
+    """Bytes of the serialized arrays in a Flower ``Parameters`` message (what goes on the wire)."""
+    return int(sum(len(t) for t in parameters.tensors))
+
+
+class HeteroStrategy(Strategy):
+    """Payload exchange instead of parameter averaging.
+
+    Args:
+        num_rounds: rounds in the run (the last one is always evaluated and closes the results).
+        num_clients: clients in the federation.
+        num_classes: C, to validate class ids in uploads.
+        feature_dim: p, to validate statistic shapes in uploads.
+        recorder: where the round figures go.
+        max_count: largest plausible total sample count of one upload (the training-set size).
+        fraction_fit: fraction of the clients sampled for training each round.
+        min_fit_fraction: fraction of the sampled clients whose valid uploads a round needs before
+            the global payload is updated; below it the previous global payload is kept.
+        eval_every: evaluate every N rounds (and always the last).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_rounds: int,
+        num_clients: int,
+        num_classes: int,
+        feature_dim: int,
+        recorder: ResultsRecorder,
+        max_count: float = float("inf"),
+        fraction_fit: float = 1.0,
+        min_fit_fraction: float = 1.0,
+        eval_every: int = 1,
+    ) -> None:
+        super().__init__()
+        self.num_rounds = num_rounds
+        self.num_clients = num_clients
+        self.num_classes = num_classes
+        self.feature_dim = feature_dim
+        self.recorder = recorder
+        self.max_count = max_count
+        self.fraction_fit = fraction_fit
+        self.min_fit_fraction = min_fit_fraction
+        self.eval_every = eval_every
+        self.global_payload = Payload()
+        self._round_start = 0.0
+        self._fit_sent = 0
+        self._bytes_down = 0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_rounds={self.num_rounds}, num_clients={self.num_clients})"
+
+    @classmethod
+    def from_settings(cls, run: Any, **kwargs: Any) -> HeteroStrategy:
+        """Build from run settings; an algorithm with options of its own overrides this."""
+        return cls(**kwargs)
+
+    # ---- what an algorithm implements -------------------------------------------------------
+
+    def aggregate(self, server_round: int, uploads: list[Upload]) -> Payload:
+        """Combine the accepted uploads (sorted by client id) into the next global payload."""
+        return Payload()
+
+    def check_upload(self, payload: Payload) -> None:
+        """Algorithm-specific acceptance test of a decoded upload; raise ``PayloadError`` to reject."""
+
+    def extra_upload_shapes(self) -> Sequence[tuple[int, ...]] | None:
+        """Shapes of the model arrays clients upload beside their statistics (None: none)."""
+        return None
+
+    # ---- Flower ---------------------------------------------------------------------------------
+
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return ndarrays_to_parameters(encode(self.global_payload))
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        self._round_start = time.perf_counter()
+        wanted = max(1, math.ceil(self.fraction_fit * self.num_clients))
+        clients = client_manager.sample(num_clients=wanted, min_num_clients=wanted)
+        config = {"server_round": server_round, "num_rounds": self.num_rounds}
+        self._fit_sent = len(clients)
+        self._bytes_down = parameters_nbytes(parameters) * len(clients)
+        return [(client, FitIns(parameters, dict(config))) for client in clients]
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        start = time.perf_counter()
+        uploads, rejected = self._validate(results)
+        for failure in failures:
+            log.warning("round %d: a client failed: %r", server_round, failure)
+        needed = math.ceil(self.min_fit_fraction * self._fit_sent)
+        if len(uploads) >= max(needed, 1):
+            self.global_payload = self.aggregate(server_round, uploads)
+        else:
+            log.warning(
+                "round %d: only %d valid uploads of %d needed; keeping the previous global payload",
+                server_round, len(uploads), needed,
+            )
+        parameters = ndarrays_to_parameters(encode(self.global_payload))
+        self.recorder.record_fit(
+            server_round,
+            bytes_up=sum(parameters_nbytes(res.parameters) for _, res in results),
+            bytes_down=self._bytes_down,
+            clients_sent=self._fit_sent,
+            fit_metrics=[dict(u.metrics) for u in uploads],
+            rejected=rejected,
+            failures=len(failures),
+            server_seconds=time.perf_counter() - start,
+        )
+        return parameters, {"accepted": len(uploads), "rejected": len(rejected)}
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        if server_round % self.eval_every and server_round != self.num_rounds:
+            self.recorder.end_round(server_round, time.perf_counter() - self._round_start)
+            return []
+        clients = client_manager.sample(num_clients=client_manager.num_available())
+        ins = EvaluateIns(Parameters(tensors=[], tensor_type="numpy.ndarray"), {"server_round": server_round})
+        return [(client, ins) for client in clients]
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        metrics = [dict(res.metrics) for _, res in results if _has_eval_metrics(res.metrics)]
+        for failure in failures:
+            log.warning("round %d: a client failed to evaluate: %r", server_round, failure)
+        if metrics:
+            self.recorder.record_eval(server_round, metrics)
+        self.recorder.end_round(server_round, time.perf_counter() - self._round_start)
+        if not results:
+            return None, {}
+        loss = float(np.mean([res.loss for _, res in results]))
+        return loss, {"global_accuracy": float(np.mean([m["global_accuracy"] for m in metrics]))} if metrics else {}
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        """No centralized evaluation: there is no global model, each client is evaluated."""
+        return None
+
+    # ---- validation -----------------------------------------------------------------------------
+
+    def _validate(
+        self, results: list[tuple[ClientProxy, FitRes]]
+    ) -> tuple[list[Upload], list[dict[str, Any]]]:
+        uploads: list[Upload] = []
+        rejected: list[dict[str, Any]] = []
+        seen: set[int] = set()
+        for proxy, res in results:
+            cid = res.metrics.get("cid")
+            try:
+                if not isinstance(cid, int) or isinstance(cid, bool) or not 0 <= cid < self.num_clients:
+                    raise PayloadError(f"missing or invalid client id {cid!r}")
+                if cid in seen:
+                    raise PayloadError(f"client id {cid} answered twice in one round")
+                try:
+                    arrays = parameters_to_ndarrays(res.parameters)
+                except Exception as error:  # undecodable bytes
+                    raise PayloadError(f"arrays cannot be deserialized ({error})") from error
+                payload = decode(
+                    arrays,
+                    num_classes=self.num_classes,
+                    feature_dim=self.feature_dim,
+                    max_count=self.max_count,
+                    extra_shapes=self.extra_upload_shapes(),
+                )
+                self.check_upload(payload)
+            except PayloadError as error:
+                log.warning("rejected upload from client %r (node %s): %s", cid, proxy.cid, error)
+                rejected.append({"cid": cid if isinstance(cid, int) else None, "reason": str(error)})
+                continue
+            seen.add(cid)
+            uploads.append(Upload(cid, payload, int(res.num_examples), dict(res.metrics)))
+        uploads.sort(key=lambda u: u.cid)
+        return uploads, rejected
+
+
+def _has_eval_metrics(metrics: dict[str, Scalar]) -> bool:
+    return all(k in metrics for k in ("cid", "arch", "global_accuracy", "local_accuracy"))

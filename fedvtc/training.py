@@ -1,0 +1,269 @@
+"""The client-side loops of FedVTC, one phase per function (METHOD.md §2).
+
+Plain torch in, plain numbers out: no Flower, no configuration objects. Data are in-memory tensors
+(``ImageSet``); batches are drawn by indexing them with a seeded permutation, never sample by
+sample. Every function that draws random numbers takes a ``torch.Generator`` so a client's round is
+reproducible whatever process or order it runs in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fedvtc.data import ImageSet
+from fedvtc.losses import alignment_loss, dm_loss
+from fedvtc.stats import ClassStats, class_statistics, sample_latents
+from fedvtc.zoo import HeteroModel
+
+
+@dataclass(frozen=True)
+class GlobalGaussians:
+    """The pooled class Gaussians as dense tensors, ready for the losses and for sampling.
+
+    Attributes:
+        present: (C,) bool, classes some client holds.
+        means: (C, p) c^y.
+        variances: (C, p) sigma_y^2, floored.
+        second: (C, p) variances or (C, p, p) covariances used for sampling.
+    """
+
+    present: torch.Tensor
+    means: torch.Tensor
+    variances: torch.Tensor
+    second: torch.Tensor
+
+    @property
+    def classes(self) -> torch.Tensor:
+        return self.present.nonzero().flatten()
+
+    @classmethod
+    def from_stats(
+        cls, stats: ClassStats, num_classes: int, *, variance_floor: float, device: torch.device
+    ) -> GlobalGaussians:
+        """Densify pooled statistics, flooring variances at ``variance_floor``."""
+        present, means, variances = stats.dense(num_classes)
+        if stats.full:
+            second = torch.zeros(num_classes, stats.feature_dim, stats.feature_dim)
+            second[torch.as_tensor(stats.classes)] = torch.as_tensor(stats.second, dtype=torch.float32)
+        else:
+            second = torch.as_tensor(variances, dtype=torch.float32)
+        as_tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
+        return cls(
+            present=torch.as_tensor(present, device=device),
+            means=as_tensor(means),
+            variances=as_tensor(variances).clamp_min(variance_floor),
+            second=second.to(device),
+        )
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """The KL term of local training: which Gaussians to pull toward, and how hard."""
+
+    target: GlobalGaussians
+    local_variances: torch.Tensor  # (C, p) the client's own class variances, floored
+    weight: float
+    reduction: str = "sum"
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Shuffled index batches covering range(n) once (the last batch may be smaller)."""
+    order = torch.randperm(n, generator=generator)
+    yield from order.split(batch_size)
+
+
+def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params, grad_clip: float) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+
+
+def train_local(
+    model: HeteroModel,
+    data: ImageSet,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    alignment: Alignment | None = None,
+    grad_clip: float = 0.0,
+) -> float:
+    """Cross-entropy training on local data, plus the KL alignment once global statistics exist.
+
+    Returns the mean training loss of the last epoch.
+    """
+    model.train()
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    total, seen = 0.0, 0
+    for _ in range(epochs):
+        total, seen = 0.0, 0
+        for idx in batches(len(data), batch_size, generator):
+            x, y = data.x[idx].to(device), data.y[idx].to(device)
+            features = model.forward_features(x)
+            loss = F.cross_entropy(model.head(features), y)
+            if alignment is not None and alignment.weight > 0:
+                t = alignment.target
+                loss = loss + alignment.weight * alignment_loss(
+                    features, y, t.means, t.variances, alignment.local_variances, t.present,
+                    reduction=alignment.reduction,
+                )
+            _step(optimizer, loss, params, grad_clip)
+            total += float(loss) * len(idx)
+            seen += len(idx)
+    return total / max(seen, 1)
+
+
+def train_vtc(
+    vtc: nn.Module,
+    model: HeteroModel,
+    data: ImageSet,
+    optimizer: torch.optim.Optimizer,
+    target: GlobalGaussians,
+    *,
+    steps: int,
+    batch_size: int,
+    generator: torch.Generator,
+    dm_weight: float,
+    dm_per_class: int,
+    grad_clip: float = 0.0,
+) -> dict[str, float]:
+    """Train the VTC with the classifier frozen: reconstruction + dm_weight * distribution matching.
+
+    Reconstruction: z = g(x), v = z + sigma_y * eps, loss ||vtc(v) - x||^2, with sigma_y the global
+    standard deviation of the sample's class. Distribution matching: ``dm_per_class`` latents from
+    every global class Gaussian, decoded, re-encoded by the frozen g, matched to (c^y, sigma_y).
+
+    Returns the mean reconstruction and DM losses over the steps.
+    """
+    device = next(vtc.parameters()).device
+    model.eval()  # frozen: BatchNorm uses its running statistics and is not updated
+    model.requires_grad_(False)
+    vtc.train()
+    params = [p for p in vtc.parameters()]
+    stds = target.variances.sqrt()
+    dm_labels = target.classes.repeat_interleave(dm_per_class)
+    rec_sum = dm_sum = 0.0
+    try:
+        done = 0
+        while done < steps:
+            for idx in batches(len(data), batch_size, generator):
+                if done == steps:
+                    break
+                x, y = data.x[idx].to(device), data.y[idx].to(device)
+                with torch.no_grad():
+                    z = model.forward_features(x)
+                noise = torch.randn(z.shape, generator=generator).to(device)
+                rec = F.mse_loss(vtc(z + noise * stds[y]), x)
+                loss = rec
+                if dm_weight > 0 and len(dm_labels) > 0:
+                    latents = sample_latents(target.means, target.second, dm_labels, generator=generator)
+                    dm = dm_loss(model.forward_features(vtc(latents)), dm_labels, target.means, stds)
+                    loss = loss + dm_weight * dm
+                    dm_sum += float(dm)
+                _step(optimizer, loss, params, grad_clip)
+                rec_sum += float(rec)
+                done += 1
+    finally:
+        model.requires_grad_(True)
+    return {"vtc_rec_loss": rec_sum / max(steps, 1), "vtc_dm_loss": dm_sum / max(steps, 1)}
+
+
+@torch.no_grad()
+def synthesize(
+    vtc: nn.Module,
+    target: GlobalGaussians,
+    *,
+    per_class: int,
+    generator: torch.Generator,
+    batch_size: int = 512,
+) -> ImageSet:
+    """``per_class`` labelled synthetic images of every global class, decoded in eval mode."""
+    vtc.eval()
+    labels = target.classes.repeat_interleave(per_class)
+    latents = sample_latents(target.means, target.second, labels, generator=generator)
+    images = torch.cat([vtc(chunk) for chunk in latents.split(batch_size)]) if len(labels) else None
+    if images is None:
+        raise ValueError("no global classes to synthesize")
+    return ImageSet(images.cpu(), labels.cpu())
+
+
+def finetune(
+    model: HeteroModel,
+    data: ImageSet,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    scope: str = "full",
+    grad_clip: float = 0.0,
+) -> float:
+    """Cross-entropy fine-tuning of the whole model (``scope="full"``) or of its head alone.
+
+    ``data`` is whatever the caller chose to fine-tune on: synthetic images, real ones or a mix.
+    With ``scope="head"`` the extractor is frozen and runs in eval mode, so only the head moves
+    (parameters without gradients are skipped by the optimizer, momentum included).
+    """
+    if scope not in ("full", "head"):
+        raise ValueError(f"finetune scope must be 'full' or 'head', got {scope!r}")
+    frozen = model.extractor if scope == "head" else None
+    if frozen is not None:
+        frozen.requires_grad_(False)
+    try:
+        model.train()
+        if frozen is not None:
+            frozen.eval()
+        device = next(model.parameters()).device
+        params = [p for p in model.parameters() if p.requires_grad]
+        total, seen = 0.0, 0
+        for _ in range(epochs):
+            total, seen = 0.0, 0
+            for idx in batches(len(data), batch_size, generator):
+                x, y = data.x[idx].to(device), data.y[idx].to(device)
+                loss = F.cross_entropy(model(x), y)
+                _step(optimizer, loss, params, grad_clip)
+                total += float(loss) * len(idx)
+                seen += len(idx)
+        return total / max(seen, 1)
+    finally:
+        if frozen is not None:
+            frozen.requires_grad_(True)
+
+
+@torch.no_grad()
+def extract_features(model: HeteroModel, x: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
+    """g(x) for a whole tensor of images, batched, in eval mode, on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([model.forward_features(b.to(device)).cpu() for b in x.split(batch_size)])
+
+
+def feature_statistics(
+    model: HeteroModel, data: ImageSet, *, full: bool = False, batch_size: int = 512
+) -> ClassStats:
+    """Per-class count, mean and (co)variance of the model's features on ``data``."""
+    return class_statistics(extract_features(model, data.x, batch_size=batch_size), data.y, full=full)
+
+
+@torch.no_grad()
+def evaluate(model: HeteroModel, data: ImageSet, *, batch_size: int = 512) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``data`` (batched, eval mode)."""
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum, correct = 0.0, 0
+    for x, y in zip(data.x.split(batch_size), data.y.split(batch_size)):
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == y).sum())
+    n = max(len(data), 1)
+    return loss_sum / n, correct / n

@@ -1,0 +1,100 @@
+"""The variational transposed-convolution (VTC) decoder: features in R^p -> images (METHOD.md §4).
+
+Linear(p -> c0 * s0^2) -> reshape -> [ConvTranspose2d(k=4, s=2, p=1) -> BatchNorm -> LeakyReLU] x n
+-> Conv2d 3x3 -> tanh, with n = 2 for 28x28 and 32x32 images (7 -> 14 -> 28, 8 -> 16 -> 32) and
+n = 3 for 64x64 (8 -> 16 -> 32 -> 64). The tanh output in [-1, 1] is mapped to pixels in [0, 1] and
+then normalized with the dataset's mean and std, so generated images live in exactly the space the
+classifiers were trained on and can be mixed with real batches directly.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def upsampling_steps(image_size: int) -> int:
+    """Number of stride-2 transposed convolutions: 2, or more while the start stays above 8 px."""
+    steps = 2
+    while image_size // 2 ** (steps + 1) >= 8 and image_size % 2 ** (steps + 1) == 0:
+        steps += 1
+    if image_size % 2**steps:
+        raise ValueError(f"the VTC needs an image size divisible by {2 ** steps}, got {image_size}")
+    return steps
+
+
+class VTC(nn.Module):
+    """Decoder from a p-dimensional latent to a normalized image.
+
+    Args:
+        feature_dim: p, the size of the latents (the clients' feature size).
+        image_size: output height and width.
+        channels: output image channels.
+        mean, std: the dataset's per-channel normalization, applied to the [0, 1] output.
+        width: channels of the last upsampling block; earlier blocks double it.
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        image_size: int,
+        channels: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        width: int = 16,
+    ) -> None:
+        super().__init__()
+        steps = upsampling_steps(image_size)
+        self.start_size = image_size // 2**steps
+        widths = [width * 2 ** (steps - i) for i in range(steps + 1)]
+        self.start_channels = widths[0]
+        self.project = nn.Linear(feature_dim, widths[0] * self.start_size**2)
+        blocks: list[nn.Module] = []
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            blocks += [
+                nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1),
+                nn.BatchNorm2d(c_out),
+                nn.LeakyReLU(0.2),
+            ]
+        self.upsample = nn.Sequential(*blocks)
+        self.to_image = nn.Conv2d(widths[-1], channels, kernel_size=3, padding=1)
+        # Not persistent: constants of the dataset, never saved or sent.
+        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        h = self.project(latents).view(-1, self.start_channels, self.start_size, self.start_size)
+        pixels = (torch.tanh(self.to_image(self.upsample(nn.functional.leaky_relu(h, 0.2)))) + 1) / 2
+        return (pixels - self.pixel_mean) / self.pixel_std
+
+    def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Undo the normalization: images in [0, 1], e.g. for saving a grid."""
+        return images * self.pixel_std + self.pixel_mean
+
+
+def shared_arrays(module: nn.Module) -> list[np.ndarray]:
+    """The floating-point state of a module, in state-dict order: what a shared VTC sends.
+
+    Integer buffers (BatchNorm's batch counter) stay local: they are not averaged.
+    """
+    return [v.detach().cpu().numpy() for v in module.state_dict().values() if v.is_floating_point()]
+
+
+def shared_shapes(module: nn.Module) -> list[tuple[int, ...]]:
+    """Shapes of ``shared_arrays(module)``, to validate what a peer sends."""
+    return [tuple(v.shape) for v in module.state_dict().values() if v.is_floating_point()]
+
+
+def load_shared_arrays(module: nn.Module, arrays: Sequence[np.ndarray]) -> None:
+    """Load arrays produced by ``shared_arrays`` (e.g. the FedAvg of several clients') into a module."""
+    state = module.state_dict()
+    keys = [k for k, v in state.items() if v.is_floating_point()]
+    if len(keys) != len(arrays):
+        raise ValueError(f"expected {len(keys)} arrays, got {len(arrays)}")
+    for key, array in zip(keys, arrays):
+        state[key] = torch.as_tensor(np.asarray(array), dtype=state[key].dtype)
+    module.load_state_dict(state)
