@@ -1,0 +1,197 @@
+"""Tests for fedvtc.data (dataset specs, tensor loading, image folders, config files)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from fedvtc.data import (
+    DatasetNotFoundError,
+    DatasetSpec,
+    ImageSet,
+    clear_dataset_cache,
+    load_dataset,
+)
+from fedvtc.tv import torchvision
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> Iterator[None]:
+    # Each test loads its own variants; dropping them afterwards keeps the pytest process from
+    # holding a few GB of tensors for the rest of the session.
+    clear_dataset_cache()
+    yield
+    clear_dataset_cache()
+
+
+def _spec(name: str, **overrides: object) -> DatasetSpec:
+    """The spec from conf/dataset/<name>.yaml, with field overrides."""
+    return DatasetSpec.from_dict({**yaml.safe_load((CONF / f"{name}.yaml").read_text()), **overrides})
+
+
+def _require(data_dir: Path, folder: str) -> None:
+    if not (data_dir / folder).exists():
+        pytest.skip(f"{data_dir} has no {folder}/")
+
+
+def test_mnist_shapes_normalization_and_memoization(data_dir: Path) -> None:
+    _require(data_dir, "MNIST")
+    spec = _spec("mnist")
+    train, test = load_dataset(spec, data_dir, download=False)
+    assert train.x.shape == (60000, 1, 28, 28) and test.x.shape == (10000, 1, 28, 28)
+    assert train.x.dtype == torch.float32 and train.y.dtype == torch.int64
+    assert train.y.shape == (60000,) and set(train.y.unique().tolist()) == set(range(10))
+    assert abs(float(train.x.mean())) < 0.01 and abs(float(train.x.std()) - 1.0) < 0.01
+
+    start = time.perf_counter()
+    again = load_dataset(_spec("mnist"), str(data_dir), download=False)  # equal spec, str path
+    assert time.perf_counter() - start < 0.05
+    assert again[0] is train and again[1] is test
+
+
+def test_mnist_resized_to_rgb(data_dir: Path) -> None:
+    _require(data_dir, "MNIST")
+    spec = _spec("mnist", image_size=32, channels=3, mean=[0.1307], std=[0.3081])
+    train, test = load_dataset(spec, data_dir, download=False)
+    assert train.x.shape == (60000, 3, 32, 32) and test.x.shape == (10000, 3, 32, 32)
+    assert torch.equal(train.x[:, 0], train.x[:, 2])  # gray replicated into all channels
+
+
+def test_cifar10_with_skip_md5(data_dir: Path) -> None:
+    _require(data_dir, "cifar-10-batches-py")
+    train, test = load_dataset(_spec("cifar10", skip_md5=True), data_dir, download=False)
+    assert train.x.shape == (50000, 3, 32, 32) and test.x.shape == (10000, 3, 32, 32)
+    assert torch.equal(train.y.bincount(), torch.full((10,), 5000))
+    channel_mean = train.x.mean(dim=(0, 2, 3))
+    assert torch.allclose(channel_mean, torch.zeros(3), atol=0.02)
+
+
+def test_cifar10_md5_failure_suggests_skip_md5(data_dir: Path) -> None:
+    _require(data_dir, "cifar-10-batches-py")
+    # Official files pass the md5 check, so only repacked copies can show the hint.
+    if torchvision.datasets.utils.check_integrity(data_dir / "cifar-10-batches-py" / "data_batch_1", "c99cafc152244af753f735de768cd75f"):
+        pytest.skip("official CIFAR-10 files pass the md5 check")
+    with pytest.raises(DatasetNotFoundError, match=r"skip_md5=true"):
+        load_dataset(_spec("cifar10", skip_md5=False), data_dir, download=False)
+
+
+def test_missing_files_name_the_directory(tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset(_spec("mnist"), tmp_path, download=False)
+    message = str(info.value)
+    assert str(tmp_path.resolve()) in message
+    assert "MNIST/raw/train-images-idx3-ubyte.gz" in message and "materialize.py" in message
+    assert isinstance(info.value, FileNotFoundError)
+
+    with pytest.raises(DatasetNotFoundError, match="cifar-10-batches-py/"):
+        load_dataset(_spec("cifar10"), tmp_path, download=False)
+
+
+def _write_image_folder(root: Path, classes: list[str], per_class: int, size: int = 64) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                # Class c's images are brightest in channel c, so labels can be checked via pixels.
+                pixels = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
+                pixels[..., c] += 180
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def test_imagefolder(tmp_path: Path) -> None:
+    classes = ["cat", "ant", "bee"]  # on purpose not in sorted order
+    _write_image_folder(tmp_path / "tiny", classes, per_class=4)
+    spec = DatasetSpec(
+        name="tiny",
+        source="imagefolder",
+        image_size=32,
+        channels=3,
+        num_classes=3,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        train_kwargs={},
+        test_kwargs={},
+        subdir="tiny",
+    )
+    train, test = load_dataset(spec, tmp_path)
+    assert train.x.shape == (12, 3, 32, 32) and test.x.shape == (12, 3, 32, 32)
+    assert train.x.dtype == torch.float32 and train.y.dtype == torch.int64
+    # Sorted class names: ant=0, bee=1, cat=2; "cat" images were written brightest in channel 0.
+    assert train.y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    brightest = train.x.mean(dim=(2, 3)).argmax(dim=1)
+    assert brightest.tolist() == [1] * 4 + [2] * 4 + [0] * 4
+
+    gray = load_dataset(
+        DatasetSpec("tiny", "imagefolder", 64, 1, 3, (0.5,), (0.25,), train_kwargs={}, test_kwargs={}, subdir="tiny"),
+        tmp_path,
+    )[0]
+    assert gray.x.shape == (12, 1, 64, 64)
+
+    with pytest.raises(DatasetNotFoundError, match="val"):
+        load_dataset(_spec("tinyimagenet", subdir="tiny", num_classes=3), tmp_path)  # expects val/
+
+
+def test_imagefolder_missing(tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError, match=str(tmp_path.resolve())):
+        load_dataset(_spec("tinyimagenet"), tmp_path)
+
+
+def test_image_set_subset() -> None:
+    data = ImageSet(torch.arange(5, dtype=torch.float32).view(5, 1, 1, 1), torch.arange(5))
+    part = data.subset(np.array([4, 1], dtype=np.int64))
+    assert len(part) == 2 and part.y.tolist() == [4, 1] and part.x.flatten().tolist() == [4.0, 1.0]
+    assert len(data.subset(np.array([], dtype=np.int64))) == 0
+    with pytest.raises(ValueError):
+        ImageSet(torch.zeros(3, 1, 2, 2), torch.zeros(2, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "cifar100", "tinyimagenet"])
+def test_config_files_parse(name: str) -> None:
+    spec = _spec(name)
+    assert spec.name == name and len(spec.mean) == spec.channels == len(spec.std)
+
+
+def test_spec_validation_messages() -> None:
+    base = yaml.safe_load((CONF / "mnist.yaml").read_text())
+    with pytest.raises(ValueError, match="unknown dataset config key"):
+        DatasetSpec.from_dict({**base, "skipmd5": True})
+    with pytest.raises(ValueError, match="missing key"):
+        DatasetSpec.from_dict({k: v for k, v in base.items() if k != "num_classes"})
+    with pytest.raises(ValueError, match="torchvision.datasets"):
+        DatasetSpec.from_dict({**base, "source": "Mnist"})
+    with pytest.raises(ValueError, match="channels"):
+        DatasetSpec.from_dict({**base, "mean": [0.1, 0.2]})
+    with pytest.raises(ValueError, match="std"):
+        DatasetSpec.from_dict({**base, "std": [0.0]})
+    assert hash(_spec("mnist")) == hash(_spec("mnist")) and _spec("mnist") == _spec("mnist")
+
+
+def test_bad_split_kwargs_and_num_classes(data_dir: Path) -> None:
+    _require(data_dir, "MNIST")
+    with pytest.raises(ValueError, match="train_kwargs"):
+        load_dataset(_spec("mnist", train_kwargs={"split": "train"}), data_dir, download=False)
+    with pytest.raises(ValueError, match="num_classes"):
+        load_dataset(_spec("mnist", num_classes=5), data_dir, download=False)
+
+
+def test_sample_by_sample_fallback() -> None:
+    # FakeData has no .data/.targets arrays, so the loader must decode it through __getitem__.
+    from fedvtc.data import _arrays_from_dataset, _normalize
+
+    fake = torchvision.datasets.FakeData(size=6, image_size=(3, 20, 24), num_classes=4, random_offset=1)
+    spec = DatasetSpec("fake", "FakeData", 16, 1, 4, (0.5,), (0.25,))
+    images, labels = _arrays_from_dataset(fake, spec)
+    assert images.shape == (6, 1, 16, 16) and images.dtype == torch.uint8
+    assert labels.dtype == torch.int64 and labels.tolist() == [int(fake[i][1]) for i in range(6)]
+    assert _normalize(images, spec).shape == (6, 1, 16, 16)
