@@ -1,0 +1,32 @@
+# Two commands on a fresh machine:  make run  (set up + default experiment),  make test.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Extra Hydra overrides for `make run`, e.g.  make run ARGS="dataset=cifar10 num_rounds=3"
+ARGS   ?=
+# Extra pytest arguments, e.g.  make test PYTEST_ARGS="-k payload"
+PYTEST_ARGS ?=
+
+.PHONY: setup run test data clean
+
+setup: $(STAMP)
+
+# pip (not uv/poetry) and torch==2.13.0 exactly: that is what installs the CPU build of PyTorch.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/python run_simulation.py $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Offline machines of this project: write MNIST, CIFAR-10/100 from ../shared into ./data.
+data:
+	$(PYTHON) ../shared/datasets/materialize.py data
+
+clean:
+	rm -rf outputs multirun .pytest_cache

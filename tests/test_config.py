@@ -1,0 +1,68 @@
+"""Configuration: every preset composes and validates; bad values fail early with their message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedvtc.config import ConfigError, build_settings
+from fedvtc.runner import RunError, prepare_run
+from helpers import CONF, compose_config, run_cli
+
+PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_experiment_preset_composes_and_validates(preset: str, tmp_path: Path) -> None:
+    settings = build_settings(compose_config([f"experiment={preset}"]), output_dir=tmp_path)
+    assert settings.num_clients >= 1 and settings.models
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["partition.alpha=0"], "partition.alpha must be > 0"),
+        (["partition.alpha=-1"], "partition.alpha must be > 0"),
+        (["zoo.models=[cnn_s,nope]"], "unknown model 'nope'"),
+        (["num_rounds=0"], "num_rounds must be >= 1"),
+        (["algorithm.schedule=sometimes"], "algorithm.schedule must be one of"),
+        (["algorithm.finetune.data=imagined"], "algorithm.finetune.data must be one of"),
+        (["device=tpu"], "device must be"),
+        (["+algorithm.typo=1"], "unknown key(s) ['typo']"),
+    ],
+)
+def test_bad_values_fail_before_training(overrides: list[str], message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        build_settings(compose_config(overrides), output_dir=tmp_path)
+    assert message in str(error.value)
+
+
+def test_more_clients_than_samples_fails_in_prepare(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FEDVTC_DATA_DIR", str(data_dir))
+    cfg = compose_config(["num_clients=5000", "train_fraction=0.05"])
+    with pytest.raises(RunError, match="num_clients=5000 exceeds"):
+        prepare_run(cfg, tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_missing_dataset_names_the_directory(tmp_path: Path, monkeypatch) -> None:
+    empty = tmp_path / "no-data-here"
+    empty.mkdir()
+    cfg = compose_config([f"data_dir={empty}", "dataset=cifar100"])
+    with pytest.raises(RunError) as error:
+        prepare_run(cfg, tmp_path / "out")
+    assert str(empty) in str(error.value)
+
+
+def test_cli_reports_bad_value_and_exits_2(data_dir: Path, tmp_path: Path) -> None:
+    proc = run_cli(["partition.alpha=-0.5", f"hydra.run.dir={tmp_path}"], data_dir, timeout=120)
+    assert proc.returncode == 2
+    assert "partition.alpha must be > 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_dataset_is_refused_by_hydra_with_the_options(data_dir: Path, tmp_path: Path) -> None:
+    proc = run_cli(["dataset=imagenet21k", f"hydra.run.dir={tmp_path}"], data_dir, timeout=120)
+    assert proc.returncode != 0
+    assert "imagenet21k" in proc.stderr and "mnist" in proc.stderr

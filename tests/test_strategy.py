@@ -1,0 +1,131 @@
+"""The FedVTC strategy on hand-built client results, malformed ones included (no network)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+from fedvtc.algorithms.fedvtc import FedVTCStrategy
+from fedvtc.payload import Payload, decode, encode
+from fedvtc.results import ResultsRecorder
+from fedvtc.stats import class_statistics, pool_statistics
+
+C, P = 10, 4
+OK = Status(code=Code.OK, message="")
+
+
+def _strategy(tmp_path: Path, **kwargs) -> FedVTCStrategy:
+    recorder = ResultsRecorder(tmp_path, meta={"algorithm": "fedvtc"}, clients=[], num_rounds=3)
+    return FedVTCStrategy(
+        num_rounds=3, num_clients=5, num_classes=C, feature_dim=P, recorder=recorder,
+        max_count=10_000, **kwargs,
+    )
+
+
+def _client_stats(seed: int):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(30, P)) + seed
+    y = rng.choice([seed % C, (seed + 3) % C], size=30)
+    return z, y, class_statistics(z, y)
+
+
+def _result(cid, arrays, n=30):
+    proxy = SimpleNamespace(cid=f"node-{cid}")  # the strategy only names the node in its log
+    return proxy, FitRes(OK, ndarrays_to_parameters(arrays), n, {"cid": cid, "arch": "cnn_s", "seconds": 1.0})
+
+
+def test_pools_valid_uploads_and_rejects_malformed_ones(tmp_path: Path) -> None:
+    strategy = _strategy(tmp_path)
+    strategy._fit_sent = 5
+    good = [_client_stats(s) for s in (0, 1, 2)]
+    nan = encode(Payload(good[0][2]))
+    nan[3] = np.full_like(nan[3], np.nan)
+    wrong_shape = encode(Payload(good[1][2]))
+    wrong_shape[3] = np.zeros((wrong_shape[3].shape[0], P + 2), np.float32)
+    results = [_result(i, encode(Payload(s))) for i, (_, _, s) in enumerate(good)]
+    results += [_result(3, nan), _result(4, wrong_shape)]
+    strategy.min_fit_fraction = 0.5
+    parameters, metrics = strategy.aggregate_fit(1, results, [])
+    assert metrics == {"accepted": 3, "rejected": 2}
+    pooled = decode(parameters_to_ndarrays(parameters), num_classes=C, feature_dim=P).stats
+    z = np.concatenate([g[0] for g in good])
+    y = np.concatenate([g[1] for g in good])
+    expected = class_statistics(z, y)
+    np.testing.assert_array_equal(pooled.classes, expected.classes)
+    np.testing.assert_allclose(pooled.means, expected.means, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pooled.second, expected.second, rtol=1e-4, atol=1e-5)
+    entry = strategy.recorder.rounds[-1]
+    reasons = {r["cid"]: r["reason"] for r in entry["rejected"]}
+    assert "NaN" in reasons[3] and "shape" in reasons[4]
+
+
+def test_spoofed_ids_duplicates_and_garbage_are_rejected(tmp_path: Path) -> None:
+    strategy = _strategy(tmp_path, min_fit_fraction=0.1)
+    strategy._fit_sent = 4
+    _, _, s = _client_stats(0)
+    garbage = _result(2, [])
+    garbage[1].parameters.tensors = [b"not a numpy array"]
+    results = [_result(0, encode(Payload(s))), _result(0, encode(Payload(s))), _result(99, encode(Payload(s))), garbage]
+    _, metrics = strategy.aggregate_fit(1, results, [])
+    assert metrics == {"accepted": 1, "rejected": 3}
+
+
+def test_too_few_valid_uploads_keep_the_previous_global_state(tmp_path: Path) -> None:
+    strategy = _strategy(tmp_path)  # min_fit_fraction 1.0: every sampled client must succeed
+    strategy._fit_sent = 2
+    _, _, s0 = _client_stats(0)
+    _, _, s1 = _client_stats(1)
+    strategy.aggregate_fit(1, [_result(0, encode(Payload(s0))), _result(1, encode(Payload(s1)))], [])
+    before = strategy.global_payload
+    bad = encode(Payload(s1))
+    bad[4] = -np.abs(bad[4]) - 1
+    strategy.aggregate_fit(2, [_result(0, encode(Payload(s0))), _result(1, bad)], [])
+    assert strategy.global_payload is before
+
+
+def test_wrong_covariance_kind_is_rejected(tmp_path: Path) -> None:
+    strategy = _strategy(tmp_path, min_fit_fraction=0.1)
+    strategy._fit_sent = 2
+    z, y, s = _client_stats(0)
+    full = class_statistics(z, y, full=True)
+    _, metrics = strategy.aggregate_fit(1, [_result(0, encode(Payload(s))), _result(1, encode(Payload(full)))], [])
+    assert metrics == {"accepted": 1, "rejected": 1}
+
+
+def test_shared_vtc_is_averaged_by_sample_count(tmp_path: Path) -> None:
+    strategy = _strategy(tmp_path, vtc_shapes=[(2,)])
+    strategy._fit_sent = 2
+    _, _, s = _client_stats(0)
+    results = [
+        _result(0, encode(Payload(s, [np.array([0.0, 0.0], np.float32)])), n=10),
+        _result(1, encode(Payload(s, [np.array([4.0, 8.0], np.float32)])), n=30),
+    ]
+    strategy.aggregate_fit(1, results, [])
+    np.testing.assert_allclose(strategy.global_payload.extra[0], [3.0, 6.0])
+    # an upload without the VTC is malformed when the VTC is shared
+    _, metrics = strategy.aggregate_fit(2, [_result(0, encode(Payload(s)))], [])
+    assert metrics["rejected"] == 1
+
+
+def test_results_file_after_evaluation(tmp_path: Path) -> None:
+    strategy = _strategy(tmp_path, min_fit_fraction=0.1)
+    strategy._fit_sent = 1
+    _, _, s = _client_stats(0)
+    strategy.aggregate_fit(3, [_result(0, encode(Payload(s)))], [])
+    evals = [
+        (None, SimpleNamespace(loss=1.0, metrics={"cid": c, "arch": a, "global_accuracy": g, "local_accuracy": 0.9}))
+        for c, a, g in ((0, "cnn_s", 0.5), (1, "cnn_m", 0.7))
+    ]
+    strategy.aggregate_evaluate(3, evals, [])  # the last round: writes ``final``
+    results = json.loads((tmp_path / "results.json").read_text())
+    final = results["final"]
+    assert final["global_accuracy"] == pytest.approx(0.6)
+    assert final["global_accuracy_std"] == pytest.approx(0.1)
+    assert final["per_arch"]["cnn_m"]["global_accuracy"] == pytest.approx(0.7)
+    assert [c["cid"] for c in final["clients"]] == [0, 1]
+    assert (tmp_path / "accuracy.png").exists()
