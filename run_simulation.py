@@ -30,6 +30,7 @@ def main(cfg: DictConfig) -> float | None:
     from fedvtc.runner import RunError, prepare_run, simulate
 
     output_dir = HydraConfig.get().runtime.output_dir
+    _quiet_flower(verbose=bool(cfg.get("verbose", False)))
     try:
         settings = prepare_run(cfg, output_dir)
     except RunError as error:
@@ -39,6 +40,15 @@ def main(cfg: DictConfig) -> float | None:
     log.debug(OmegaConf.to_yaml(cfg))
     final = simulate(settings)
     return None if final is None else final.get("global_accuracy")
+
+
+def _quiet_flower(*, verbose: bool) -> None:
+    """Flower prints its own coloured log; keep it out of Hydra's (no duplicates) and, unless
+    ``verbose=true``, limit it to warnings so the console shows one line per round."""
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.propagate = False
+    if not verbose:
+        flwr_logger.setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def train_local(
                     reduction=alignment.reduction,
                 )
             _step(optimizer, loss, params, grad_clip)
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             seen += len(idx)
     return total / max(seen, 1)
 
@@ -168,9 +168,9 @@ def train_vtc(
                     latents = sample_latents(target.means, target.second, dm_labels, generator=generator)
                     dm = dm_loss(model.forward_features(vtc(latents)), dm_labels, target.means, stds)
                     loss = loss + dm_weight * dm
-                    dm_sum += float(dm)
+                    dm_sum += float(dm.detach())
                 _step(optimizer, loss, params, grad_clip)
-                rec_sum += float(rec)
+                rec_sum += float(rec.detach())
                 done += 1
     finally:
         model.requires_grad_(True)
@@ -231,7 +231,7 @@ def finetune(
                 x, y = data.x[idx].to(device), data.y[idx].to(device)
                 loss = F.cross_entropy(model(x), y)
                 _step(optimizer, loss, params, grad_clip)
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
                 seen += len(idx)
         return total / max(seen, 1)
     finally:

@@ -45,7 +45,7 @@ class VTCSettings:
     lr: float = 1e-3
     batch_size: int = 32
     dm_weight: float = 1.0
-    dm_per_class: int = 8
+    dm_per_class: int = 4
     grad_clip: float = 10.0
 
 
