@@ -6,12 +6,13 @@ A payload travels as Flower ``Parameters``, i.e. an ordered list of numpy arrays
  idx  dtype      shape        meaning
 ====  =========  ===========  =================================================================
  0    int64      (4,)         header: [version, kind, k, n_extra]; kind 0 = no statistics,
-                              1 = diagonal, 2 = full covariance; k = number of classes sent
+                              1 = diagonal, 2 = full covariance, 3 = means only (prototypes);
+                              k = number of classes sent
  1    int64      (k,)         class ids, sorted, unique, in [0, C)          (only if kind > 0)
  2    float32    (k,)         sample count per class, > 0                   (only if kind > 0)
  3    float32    (k, p)       per-class feature means                       (only if kind > 0)
  4    float32    (k, p)       per-class variances (kind 1), or
-                 (k, p, p)    per-class covariances (kind 2)                (only if kind > 0)
+                 (k, p, p)    per-class covariances (kind 2)                (only if kind 1 or 2)
  ...  float32    any          ``n_extra`` further arrays: model weights that are shared, e.g. the
                               VTC's state-dict values in order when the VTC is FedAvg'd
 ====  =========  ===========  =================================================================
@@ -31,7 +32,9 @@ import numpy as np
 from fedvtc.stats import ClassStats
 
 VERSION = 1
-KIND_NONE, KIND_DIAG, KIND_FULL = 0, 1, 2
+KIND_NONE, KIND_DIAG, KIND_FULL, KIND_MEANS = 0, 1, 2, 3
+# Arrays after the header for each kind of statistics.
+STATS_ARRAYS = {KIND_NONE: 0, KIND_DIAG: 4, KIND_FULL: 4, KIND_MEANS: 3}
 HEADER_SIZE = 4
 
 
@@ -54,16 +57,17 @@ def encode(payload: Payload) -> list[np.ndarray]:
     if stats is None:
         header = np.array([VERSION, KIND_NONE, 0, len(extra)], dtype=np.int64)
         return [header, *extra]
-    kind = KIND_FULL if stats.full else KIND_DIAG
+    kind = KIND_MEANS if stats.means_only else KIND_FULL if stats.full else KIND_DIAG
     header = np.array([VERSION, kind, len(stats), len(extra)], dtype=np.int64)
-    return [
+    arrays = [
         header,
         np.asarray(stats.classes, dtype=np.int64),
         np.asarray(stats.counts, dtype=np.float32),
         np.asarray(stats.means, dtype=np.float32),
-        np.asarray(stats.second, dtype=np.float32),
-        *extra,
     ]
+    if not stats.means_only:
+        arrays.append(np.asarray(stats.second, dtype=np.float32))
+    return [*arrays, *extra]
 
 
 def decode(
@@ -97,9 +101,9 @@ def decode(
     version, kind, k, n_extra = (int(v) for v in header)
     if version != VERSION:
         raise PayloadError(f"payload version {version}, this server speaks {VERSION}")
-    if kind not in (KIND_NONE, KIND_DIAG, KIND_FULL):
+    if kind not in STATS_ARRAYS:
         raise PayloadError(f"unknown statistics kind {kind}")
-    n_stats = 0 if kind == KIND_NONE else 4
+    n_stats = STATS_ARRAYS[kind]
     if n_extra < 0 or len(arrays) != 1 + n_stats + n_extra:
         raise PayloadError(
             f"header announces {n_stats} statistics and {n_extra} extra arrays, got {len(arrays) - 1}"
@@ -107,7 +111,7 @@ def decode(
     stats = None
     if kind != KIND_NONE:
         stats = _decode_stats(
-            arrays[1:5], kind, k, num_classes=num_classes, feature_dim=feature_dim,
+            arrays[1 : 1 + n_stats], kind, k, num_classes=num_classes, feature_dim=feature_dim,
             max_count=max_count,
         )
     extra = [np.asarray(a) for a in arrays[1 + n_stats :]]
@@ -130,20 +134,21 @@ def _decode_stats(
     feature_dim: int,
     max_count: float,
 ) -> ClassStats:
-    classes, counts, means, second = (np.asarray(a) for a in arrays)
+    classes, counts, means = (np.asarray(a) for a in arrays[:3])
+    second = np.asarray(arrays[3]) if kind != KIND_MEANS else None
     p = feature_dim
-    expected_second = (k, p) if kind == KIND_DIAG else (k, p, p)
-    for name, arr, shape in (
-        ("class ids", classes, (k,)),
-        ("counts", counts, (k,)),
-        ("means", means, (k, p)),
-        ("variances" if kind == KIND_DIAG else "covariances", second, expected_second),
-    ):
+    checks = [("class ids", classes, (k,)), ("counts", counts, (k,)), ("means", means, (k, p))]
+    if kind == KIND_DIAG:
+        checks.append(("variances", second, (k, p)))
+    elif kind == KIND_FULL:
+        checks.append(("covariances", second, (k, p, p)))
+    for name, arr, shape in checks:
         if arr.shape != shape:
             raise PayloadError(f"{name} have shape {arr.shape}, expected {shape}")
     if not np.issubdtype(classes.dtype, np.integer):
         raise PayloadError(f"class ids must be integers, got {classes.dtype}")
-    for name, arr in (("counts", counts), ("means", means), ("second moments", second)):
+    floats = [("counts", counts), ("means", means)] + ([("second moments", second)] if second is not None else [])
+    for name, arr in floats:
         if not np.issubdtype(arr.dtype, np.floating):
             raise PayloadError(f"{name} must be floating point, got {arr.dtype}")
         if not np.all(np.isfinite(arr)):
@@ -161,7 +166,7 @@ def _decode_stats(
     if kind == KIND_DIAG:
         if np.any(second < 0):
             raise PayloadError("variances must be non-negative")
-    else:
+    elif kind == KIND_FULL:
         if np.any(np.diagonal(second, axis1=1, axis2=2) < 0):
             raise PayloadError("covariance diagonals must be non-negative")
         scale = np.abs(second).max() + 1e-12
@@ -171,7 +176,7 @@ def _decode_stats(
         classes.astype(np.int64),
         counts.astype(np.float64),
         means.astype(np.float64),
-        second.astype(np.float64),
+        None if second is None else second.astype(np.float64),
     )
 
 

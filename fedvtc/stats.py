@@ -23,18 +23,24 @@ class ClassStats:
         classes: (k,) int64, sorted class ids present (count > 0).
         counts: (k,) float64 sample counts per class (float so weights can be capped or noised).
         means: (k, p) float64 per-class feature means.
-        second: per-class spread, (k, p) variances (diagonal) or (k, p, p) covariances (full).
+        second: per-class spread, (k, p) variances (diagonal) or (k, p, p) covariances (full),
+            or None when only means are kept (prototype methods such as FedProto).
     """
 
     classes: np.ndarray
     counts: np.ndarray
     means: np.ndarray
-    second: np.ndarray
+    second: np.ndarray | None
 
     @property
     def full(self) -> bool:
         """True when ``second`` holds full covariance matrices."""
-        return self.second.ndim == 3
+        return self.second is not None and self.second.ndim == 3
+
+    @property
+    def means_only(self) -> bool:
+        """True when no spread is kept (prototypes)."""
+        return self.second is None
 
     @property
     def feature_dim(self) -> int:
@@ -43,6 +49,8 @@ class ClassStats:
     @property
     def variances(self) -> np.ndarray:
         """(k, p) per-dimension variances, whether the statistics are diagonal or full."""
+        if self.second is None:
+            raise ValueError("these statistics hold means only")
         if self.full:
             return np.diagonal(self.second, axis1=1, axis2=2).copy()
         return self.second
@@ -56,7 +64,7 @@ class ClassStats:
         Returns:
             present: (C,) bool, which classes have statistics.
             means: (C, p), zeros for absent classes.
-            variances: (C, p), ones for absent classes.
+            variances: (C, p), ones for absent classes (and everywhere for means-only statistics).
         """
         p = self.feature_dim
         present = np.zeros(num_classes, dtype=bool)
@@ -64,12 +72,17 @@ class ClassStats:
         variances = np.ones((num_classes, p))
         present[self.classes] = True
         means[self.classes] = self.means
-        variances[self.classes] = self.variances
+        if self.second is not None:
+            variances[self.classes] = self.variances
         return present, means, variances
 
 
 def class_statistics(
-    features: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *, full: bool = False
+    features: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    *,
+    full: bool = False,
+    means_only: bool = False,
 ) -> ClassStats:
     """Count, mean and (co)variance of ``features`` for every class present in ``labels``.
 
@@ -77,6 +90,7 @@ def class_statistics(
         features: (N, p) feature vectors.
         labels: (N,) integer class ids.
         full: compute (p, p) covariances instead of per-dimension variances.
+        means_only: keep counts and means only (prototypes).
     """
     z = _as_float64(features)
     y = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
@@ -87,6 +101,8 @@ def class_statistics(
     means = np.zeros((k, p))
     np.add.at(means, inverse, z)
     means /= counts[:, None]
+    if means_only:
+        return ClassStats(classes.astype(np.int64), counts.astype(np.float64), means, None)
     centred = z - means[inverse]
     if full:
         second = np.zeros((k, p, p))
@@ -105,13 +121,14 @@ def pool_statistics(parts: Sequence[ClassStats]) -> ClassStats:
 
     The pooled mean is the count-weighted mean; the pooled (co)variance follows the law of total
     variance: within-client spread plus the spread of the client means around the pooled mean.
-    Classes that no part holds stay absent. The parts must agree on p and on diagonal vs full.
+    Classes that no part holds stay absent. The parts must agree on p and on the kind of spread
+    (diagonal, full or none).
     """
     if not parts:
         raise ValueError("nothing to pool")
-    full = parts[0].full
+    full, means_only = parts[0].full, parts[0].means_only
     p = parts[0].feature_dim
-    if any(s.full != full or s.feature_dim != p for s in parts):
+    if any(s.full != full or s.means_only != means_only or s.feature_dim != p for s in parts):
         raise ValueError("cannot pool statistics of different feature sizes or covariance kinds")
     classes = np.unique(np.concatenate([s.classes for s in parts]))
     index = {int(c): i for i, c in enumerate(classes)}
@@ -123,6 +140,8 @@ def pool_statistics(parts: Sequence[ClassStats]) -> ClassStats:
         counts[rows] += s.counts
         weighted_means[rows] += s.counts[:, None] * s.means
     means = weighted_means / counts[:, None]
+    if means_only:
+        return ClassStats(classes.astype(np.int64), counts, means, None)
     second = np.zeros((k, p, p) if full else (k, p))
     for s in parts:
         rows = [index[int(c)] for c in s.classes]

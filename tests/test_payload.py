@@ -84,3 +84,19 @@ def test_asymmetric_covariance_is_rejected():
     arrays[4][0, 0, 1] += 10.0
     with pytest.raises(PayloadError, match="symmetric"):
         decode(arrays, num_classes=C, feature_dim=P)
+
+
+def test_means_only_round_trip_and_pooling():
+    rng = np.random.default_rng(3)
+    parts = [class_statistics(rng.normal(size=(20, P)), rng.choice([0, 2], size=20), means_only=True) for _ in range(2)]
+    arrays = encode(Payload(parts[0]))
+    assert len(arrays) == 4  # header, class ids, counts, means
+    out = decode(arrays, num_classes=C, feature_dim=P).stats
+    assert out.means_only and out.second is None
+    np.testing.assert_allclose(out.means, parts[0].means, rtol=1e-6)
+    from fedvtc.stats import pool_statistics
+
+    pooled = pool_statistics(parts)
+    assert pooled.means_only
+    with pytest.raises(ValueError):
+        pool_statistics([parts[0], _stats()])

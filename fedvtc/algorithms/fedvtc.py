@@ -241,7 +241,7 @@ class FedVTCStrategy(HeteroStrategy):
     def check_upload(self, payload: Payload) -> None:
         if payload.stats is None:
             raise PayloadError("a FedVTC upload must carry class statistics")
-        if payload.stats.full != (self.covariance == "full"):
+        if payload.stats.means_only or payload.stats.full != (self.covariance == "full"):
             raise PayloadError(f"statistics must be {self.covariance} covariance")
 
     def aggregate(self, server_round: int, uploads: list[Upload]) -> Payload:
