@@ -121,6 +121,8 @@ class HeteroClient(NumPyClient):
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]):
         server_round = int(config["server_round"])
         num_rounds = int(config["num_rounds"])
+        if self.s.faults.fails(self.cid, server_round):
+            raise RuntimeError(f"injected fault: client {self.cid} fails in round {server_round}")
         start = time.perf_counter()
         received = self.decode_download(parameters)
         upload = self.train_round(received, server_round, num_rounds)

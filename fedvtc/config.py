@@ -60,7 +60,7 @@ class SimulationSettings:
     num_gpus_per_client: float = 0.0
     threads_per_client: int = 1
     fraction_fit: float = 1.0
-    min_fit_fraction: float = 1.0
+    min_fit_fraction: float = 0.5
     round_timeout: float | None = None
     state_dir: str | None = None
 
@@ -69,6 +69,17 @@ class SimulationSettings:
 class OutputSettings:
     synthetic_grid_clients: tuple[int, ...] = (0, 1, 2)
     synthetic_grid_per_class: int = 8
+
+
+@dataclass(frozen=True)
+class FaultSettings:
+    """Injected failures: every client in ``clients`` raises in the fit of every round in ``rounds``."""
+
+    clients: tuple[int, ...] = ()
+    rounds: tuple[int, ...] = ()
+
+    def fails(self, cid: int, server_round: int) -> bool:
+        return cid in self.clients and server_round in self.rounds
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,7 @@ class RunSettings:
     eval: EvalSettings
     simulation: SimulationSettings
     output: OutputSettings
+    faults: FaultSettings
     output_dir: str
     state_dir: str
 
@@ -158,6 +170,7 @@ def build_settings(cfg: DictConfig | Mapping[str, Any], *, output_dir: str | os.
     evaluation = dataclass_from_mapping(EvalSettings, c.get("eval", {}), "eval")
     simulation = dataclass_from_mapping(SimulationSettings, c["simulation"], "simulation")
     output = dataclass_from_mapping(OutputSettings, c.get("output", {}), "output")
+    faults = dataclass_from_mapping(FaultSettings, c.get("faults", {}), "faults")
     algorithm_values = dict(c["algorithm"])
     algorithm_name = str(algorithm_values.pop("name", ""))
     algorithm = algorithm_settings(algorithm_name, algorithm_values)
@@ -191,6 +204,7 @@ def build_settings(cfg: DictConfig | Mapping[str, Any], *, output_dir: str | os.
         eval=evaluation,
         simulation=simulation,
         output=output,
+        faults=faults,
         output_dir=output_dir,
         state_dir=state_dir,
     )

@@ -56,3 +56,16 @@ def test_sweep_runs_two_jobs_and_repeats_the_same_metrics(debug_run: Path, data_
     # Another seed: another partition and other metrics.
     assert job1["clients"] != reference["clients"]
     assert job1["meta"]["seed"] == 1
+
+
+def test_a_failing_client_does_not_stop_the_run(data_dir: Path, tmp_path: Path) -> None:
+    proc = run_cli(
+        ["experiment=debug", "faults.clients=[1]", "faults.rounds=[2]", f"hydra.run.dir={tmp_path}"], data_dir
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    first, second = results["rounds"]
+    assert (first["failures"], first["accepted"]) == (0, 3)
+    assert (second["failures"], second["accepted"]) == (1, 2)  # pooled from the two others
+    assert results["final"]["global_accuracy"] is not None
+    assert len(results["final"]["clients"]) == 3  # the failed client is still evaluated
