@@ -91,6 +91,8 @@ class ResultsRecorder:
         *,
         bytes_up: int,
         bytes_down: int,
+        array_bytes_up: int,
+        array_bytes_down: int,
         clients_sent: int,
         fit_metrics: list[dict[str, Any]],
         rejected: list[dict[str, Any]],
@@ -115,12 +117,20 @@ class ResultsRecorder:
             "bytes_down": bytes_down,
             "bytes_up_per_client": bytes_up / answered,
             "bytes_down_per_client": bytes_down / max(clients_sent, 1),
+            # The analytic size: raw bytes of the arrays (floats x 4 ...), accepted uploads only.
+            "array_bytes_up": array_bytes_up,
+            "array_bytes_down": array_bytes_down,
             "seconds": None,
             "phase_seconds": {k: statistics.fmean(v) for k, v in sorted(phases.items())},
             "client_seconds_total": sum(float(m.get("seconds", 0.0)) for m in fit_metrics),
             "server_aggregate_seconds": server_seconds,
             "peak_rss_mb": max((float(m.get("peak_rss_mb", 0.0)) for m in fit_metrics), default=None),
             "peak_gpu_mb": max((float(m["peak_gpu_mb"]) for m in fit_metrics if "peak_gpu_mb" in m), default=None),
+            "client_fit": [
+                {k: v for k, v in m.items() if k in ("cid", "arch", "seconds", "peak_rss_mb", "peak_gpu_mb")
+                 or k.startswith("time_")}
+                for m in sorted(fit_metrics, key=lambda m: int(m["cid"]))
+            ],
             "clients_sent": clients_sent,
             "accepted": len(fit_metrics),
             "rejected": rejected,

@@ -32,7 +32,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
-from fedvtc.payload import Payload, PayloadError, decode, encode
+from fedvtc.payload import Payload, PayloadError, decode, encode, payload_nbytes
 from fedvtc.results import ResultsRecorder
 
 log = logging.getLogger("fedvtc")
@@ -46,6 +46,7 @@ class Upload:
     payload: Payload
     num_examples: int
     metrics: dict[str, Scalar]
+    array_bytes: int  # raw bytes of the uploaded arrays (the analytic size, without framing)
 
 
 def parameters_nbytes(parameters: Parameters) -> int:
@@ -96,6 +97,7 @@ class HeteroStrategy(Strategy):
         self._round_start = 0.0
         self._fit_sent = 0
         self._bytes_down = 0
+        self._array_bytes_down = 0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_rounds={self.num_rounds}, num_clients={self.num_clients})"
@@ -132,6 +134,7 @@ class HeteroStrategy(Strategy):
         config = {"server_round": server_round, "num_rounds": self.num_rounds}
         self._fit_sent = len(clients)
         self._bytes_down = parameters_nbytes(parameters) * len(clients)
+        self._array_bytes_down = payload_nbytes(parameters_to_ndarrays(parameters)) * len(clients)
         return [(client, FitIns(parameters, dict(config))) for client in clients]
 
     def aggregate_fit(
@@ -157,6 +160,8 @@ class HeteroStrategy(Strategy):
             server_round,
             bytes_up=sum(parameters_nbytes(res.parameters) for _, res in results),
             bytes_down=self._bytes_down,
+            array_bytes_up=sum(u.array_bytes for u in uploads),
+            array_bytes_down=self._array_bytes_down,
             clients_sent=self._fit_sent,
             fit_metrics=[dict(u.metrics) for u in uploads],
             rejected=rejected,
@@ -228,7 +233,9 @@ class HeteroStrategy(Strategy):
                 rejected.append({"cid": cid if isinstance(cid, int) else None, "reason": str(error)})
                 continue
             seen.add(cid)
-            uploads.append(Upload(cid, payload, int(res.num_examples), dict(res.metrics)))
+            uploads.append(
+                Upload(cid, payload, int(res.num_examples), dict(res.metrics), payload_nbytes(arrays))
+            )
         uploads.sort(key=lambda u: u.cid)
         return uploads, rejected
 

@@ -11,7 +11,7 @@ import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from fedvtc.algorithms.fedvtc import FedVTCStrategy
-from fedvtc.payload import Payload, decode, encode
+from fedvtc.payload import Payload, decode, encode, payload_nbytes
 from fedvtc.results import ResultsRecorder
 from fedvtc.stats import class_statistics, pool_statistics
 
@@ -60,6 +60,8 @@ def test_pools_valid_uploads_and_rejects_malformed_ones(tmp_path: Path) -> None:
     np.testing.assert_allclose(pooled.means, expected.means, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(pooled.second, expected.second, rtol=1e-4, atol=1e-5)
     entry = strategy.recorder.rounds[-1]
+    assert entry["array_bytes_up"] == sum(payload_nbytes(encode(Payload(s))) for _, _, s in good)
+    assert entry["bytes_up"] > entry["array_bytes_up"]  # the wire adds npy headers per array
     reasons = {r["cid"]: r["reason"] for r in entry["rejected"]}
     assert "NaN" in reasons[3] and "shape" in reasons[4]
 
