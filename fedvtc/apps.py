@@ -16,7 +16,9 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 
 from fedvtc.algorithms import get_algorithm
 from fedvtc.config import RunSettings, resolve_device
-from fedvtc.federated_data import federated_split
+from fedvtc.data import load_dataset
+from fedvtc.federated_data import federated_split, global_test_set
+from fedvtc.reference import save_reference, train_reference
 from fedvtc.results import ResultsRecorder
 from fedvtc.strategy import HeteroStrategy
 
@@ -77,7 +79,10 @@ def build_strategy(s: RunSettings) -> HeteroStrategy:
         }
         for cid in range(s.num_clients)
     ]
-    recorder = ResultsRecorder(s.output_dir, meta=run_meta(s), clients=clients, num_rounds=s.num_rounds)
+    meta = run_meta(s)
+    if s.eval.reference_model:
+        meta["reference_classifier"] = prepare_reference(s)
+    recorder = ResultsRecorder(s.output_dir, meta=meta, clients=clients, num_rounds=s.num_rounds)
     return get_algorithm(s.algorithm_name).strategy.from_settings(
         s,
         num_rounds=s.num_rounds,
@@ -90,6 +95,23 @@ def build_strategy(s: RunSettings) -> HeteroStrategy:
         min_fit_fraction=s.simulation.min_fit_fraction,
         eval_every=s.eval.every,
     )
+
+
+def prepare_reference(s: RunSettings) -> dict[str, Any]:
+    """Train the reference classifier on the whole training pool and save it in the output dir."""
+    import numpy as np
+
+    train, _ = load_dataset(s.dataset, s.data_dir)
+    split = federated_split(s)
+    pool = np.sort(np.concatenate(split.train + split.test))
+    model, accuracy = train_reference(
+        train.subset(pool), arch=s.eval.reference_model, num_classes=s.dataset.num_classes,
+        in_channels=s.dataset.channels, image_size=s.dataset.image_size, epochs=s.eval.reference_epochs,
+        seed=s.seed, test=global_test_set(s),
+    )
+    save_reference(model, s.output_dir, test_accuracy=accuracy)
+    return {"arch": s.eval.reference_model, "epochs": s.eval.reference_epochs, "train_size": int(len(pool)),
+            "global_test_accuracy": accuracy}
 
 
 def make_server_app(s: RunSettings) -> ServerApp:

@@ -124,6 +124,7 @@ class HeteroClient(NumPyClient):
         if self.s.faults.fails(self.cid, server_round):
             raise RuntimeError(f"injected fault: client {self.cid} fails in round {server_round}")
         start = time.perf_counter()
+        self.round_metrics: dict[str, Any] = {}  # what the algorithm reports beyond timings
         received = self.decode_download(parameters)
         upload = self.train_round(received, server_round, num_rounds)
         self.rounds_done = server_round
@@ -135,6 +136,7 @@ class HeteroClient(NumPyClient):
             "seconds": round(time.perf_counter() - start, 4),
             "peak_rss_mb": round(peak_rss_mb(), 1),
             **self.timer.as_metrics(),
+            **self.round_metrics,
         }
         if self.device.type == "cuda":
             metrics["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)

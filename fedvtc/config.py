@@ -51,6 +51,8 @@ class EvalSettings:
     every: int = 1
     global_subset: int = 0
     batch_size: int = 512
+    reference_model: str | None = "cnn_m"
+    reference_epochs: int = 1
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,8 @@ def _require(ok: bool, message: str) -> None:
 
 def _check_values(s: RunSettings) -> None:
     """Range and choice checks that need no data."""
+    from fedvtc.zoo import list_models
+
     _require(s.num_clients >= 1, f"num_clients must be >= 1, got {s.num_clients}")
     _require(s.num_rounds >= 1, f"num_rounds must be >= 1, got {s.num_rounds}")
     _require(0 < s.train_fraction <= 1, f"train_fraction must be in (0, 1], got {s.train_fraction}")
@@ -250,6 +254,10 @@ def _check_values(s: RunSettings) -> None:
     _require(s.feature_dim >= 1, f"zoo.feature_dim must be >= 1, got {s.feature_dim}")
     _require(s.eval.every >= 1, f"eval.every must be >= 1, got {s.eval.every}")
     _require(s.eval.global_subset >= 0, f"eval.global_subset must be >= 0, got {s.eval.global_subset}")
+    _require(
+        s.eval.reference_model is None or s.eval.reference_model in list_models(),
+        f"eval.reference_model must be null or a registered model, got '{s.eval.reference_model}'",
+    )
     sim = s.simulation
     _require(sim.num_cpus_per_client > 0, "simulation.num_cpus_per_client must be > 0")
     _require(sim.threads_per_client >= 1, "simulation.threads_per_client must be >= 1")

@@ -37,6 +37,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
+def _mean_of(metrics: list[dict[str, Any]], key: str) -> float | None:
+    values = [float(m[key]) for m in metrics if key in m]
+    return statistics.fmean(values) if values else None
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write JSON to a temporary file beside ``path`` and rename it over ``path``."""
     path = Path(path)
@@ -128,9 +133,12 @@ class ResultsRecorder:
             "peak_gpu_mb": max((float(m["peak_gpu_mb"]) for m in fit_metrics if "peak_gpu_mb" in m), default=None),
             "client_fit": [
                 {k: v for k, v in m.items() if k in ("cid", "arch", "seconds", "peak_rss_mb", "peak_gpu_mb")
-                 or k.startswith("time_")}
+                 or k.startswith(("time_", "synthetic_"))}
                 for m in sorted(fit_metrics, key=lambda m: int(m["cid"]))
             ],
+            # Reference classifier's verdict on the synthetic images (mean over clients), if any.
+            "synthetic_accuracy": _mean_of(fit_metrics, "synthetic_accuracy"),
+            "synthetic_accuracy_missing": _mean_of(fit_metrics, "synthetic_accuracy_missing"),
             "clients_sent": clients_sent,
             "accepted": len(fit_metrics),
             "rejected": rejected,
@@ -186,6 +194,10 @@ class ResultsRecorder:
             else "not evaluated"
         )
         rejected = f" | rejected {len(e['rejected'])}" if e["rejected"] else ""
+        if e.get("failures"):
+            rejected += f" | failed {e['failures']}"
+        if e.get("synthetic_accuracy") is not None:
+            acc += f" | synthetic recognised {e['synthetic_accuracy']:.2f}"
         return (
             f"round {e['round']}/{self.num_rounds} | {acc} | up {_human_bytes(e['bytes_up'])} "
             f"down {_human_bytes(e['bytes_down'])} | {e['seconds']:.1f} s{rejected}"
@@ -208,6 +220,13 @@ class ResultsRecorder:
                 "global_accuracy": best["global_accuracy"],
                 "global_accuracy_std": best["global_accuracy_std"],
             },
+            "synthetic_accuracy": next(
+                (r["synthetic_accuracy"] for r in reversed(self.rounds) if r.get("synthetic_accuracy") is not None), None
+            ),
+            "synthetic_accuracy_missing": next(
+                (r["synthetic_accuracy_missing"] for r in reversed(self.rounds)
+                 if r.get("synthetic_accuracy_missing") is not None), None
+            ),
             "total_bytes_up": sum(r["bytes_up"] for r in self.rounds),
             "total_bytes_down": sum(r["bytes_down"] for r in self.rounds),
             "total_seconds": sum(r["seconds"] or 0.0 for r in self.rounds),

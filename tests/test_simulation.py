@@ -42,6 +42,10 @@ def test_results_files_and_accuracy_beats_chance(debug_run: Path) -> None:
     assert {c["arch"] for c in final["clients"]} == {"cnn_s", "cnn_m", "cnn_l"}
     assert len(results["clients"]) == 3 and len(results["clients"][0]["class_counts"]) == 10
     assert "vtc_train" in results["rounds"][1]["phase_seconds"]
+    # The reference classifier scored the synthetic images of round 2 (none exist in round 1).
+    assert results["meta"]["reference_classifier"]["global_test_accuracy"] > 0.5
+    assert results["rounds"][0]["synthetic_accuracy"] is None
+    assert 0.0 <= results["rounds"][1]["synthetic_accuracy"] <= 1.0
 
 
 def test_sweep_runs_two_jobs_and_repeats_the_same_metrics(debug_run: Path, data_dir: Path, tmp_path: Path) -> None:

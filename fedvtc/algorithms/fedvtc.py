@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from fedvtc.averaging import weighted_average
@@ -21,6 +22,7 @@ from fedvtc.config import ConfigError, RunSettings
 from fedvtc.data import ImageSet
 from fedvtc.payload import Payload, PayloadError, decode
 from fedvtc.plots import save_class_grid
+from fedvtc.reference import load_reference, synthetic_accuracy
 from fedvtc.seeding import FINETUNE, INIT, SYNTHESIS, VTC_TRAIN, derive_seed, torch_generator
 from fedvtc.stats import ClassStats, pool_statistics
 from fedvtc.strategy import HeteroStrategy, Upload
@@ -189,6 +191,7 @@ class FedVTCClient(HeteroClient):
                     self.vtc, target, per_class=a.synthesis.per_class,
                     generator=torch_generator(*key, SYNTHESIS),
                 )
+            self._score_synthetic(synthetic)
             if self._wants_grid(server_round, num_rounds):
                 save_class_grid(
                     self.vtc.to_pixels(synthetic.x.to(self.device)).cpu(), synthetic.y,
@@ -206,6 +209,13 @@ class FedVTCClient(HeteroClient):
                 batch_size=self.s.train.batch_size, generator=torch_generator(*key, FINETUNE),
                 scope=a.finetune.scope, grad_clip=self.s.train.grad_clip,
             )
+
+    def _score_synthetic(self, synthetic: ImageSet) -> None:
+        """Let the run's reference classifier judge the synthetic images (when the run has one)."""
+        reference = load_reference(self.s.output_dir) if self.s.eval.reference_model else None
+        if reference is not None:
+            local_classes = np.unique(self.train_data.y.numpy())
+            self.round_metrics.update(synthetic_accuracy(reference, synthetic.x.cpu(), synthetic.y, local_classes))
 
     def _wants_grid(self, server_round: int, num_rounds: int) -> bool:
         return server_round == num_rounds and self.cid in self.s.output.synthetic_grid_clients
