@@ -166,6 +166,7 @@ class ResultsRecorder:
             for arch, ms in sorted(by_arch.items())
         }
         entry["evaluated_clients"] = len(client_metrics)
+        entry["client_eval_seconds_total"] = sum(float(m.get("time_evaluate", 0.0)) for m in client_metrics)
         self._last_eval = [
             {
                 "cid": int(m["cid"]),

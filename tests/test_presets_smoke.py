@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from fedvtc.config import build_settings
-from helpers import CONF, compose_config, run_rounds_in_process
+from fedvtc.inprocess import run_in_process
+from helpers import CONF, compose_config
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ def test_preset_runs_two_rounds(preset: str, data_dir: Path, tmp_path: Path, mon
     overrides = [f"experiment={preset}", *TINY, *([] if preset == "control_local" else FEDVTC_TINY)]
     cfg = compose_config(overrides + ["num_clients=3", "num_rounds=2", "train_fraction=0.03", "partition.min_size=5"])
     settings = build_settings(cfg, output_dir=tmp_path)
-    rounds = run_rounds_in_process(settings)
+    rounds = run_in_process(settings)
     assert [r["round"] for r in rounds] == [1, 2]
     assert all(r["accepted"] == 3 and not r["rejected"] for r in rounds), rounds[-1]["rejected"]
     assert 0.0 <= rounds[-1]["global_accuracy"] <= 1.0
