@@ -30,6 +30,20 @@ GPU_GROUP = {"cnn4", "googlenet", "mobilenet_v2"} | {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Run this module's models on one intra-op thread.
+
+    The work here is many tiny batches, which gain little from a second thread; but when another
+    process is busy on the same cores, OpenMP threads spin-waiting for each other made this module
+    take 6 minutes instead of 25 s on a 2-core machine.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _shape_id(shape: tuple[int, int, int]) -> str:
     return "x".join(map(str, shape))
 

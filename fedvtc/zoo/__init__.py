@@ -15,6 +15,7 @@ from fedvtc.zoo.registry import (
     create_model,
     list_models,
     model_info,
+    register_extractor,
     register_model,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "create_model",
     "list_models",
     "model_info",
+    "register_extractor",
     "register_model",
 ]

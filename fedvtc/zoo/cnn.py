@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from fedvtc.zoo.base import HeteroModel
-from fedvtc.zoo.registry import register_model
+from fedvtc.zoo.registry import register_extractor
 
 __all__ = ["plain_cnn_extractor", "cnn4_extractor"]
 
@@ -59,70 +58,22 @@ def plain_cnn_extractor(
     return nn.Sequential(*layers)
 
 
-@register_model("cnn_s")
-def cnn_s(*, num_classes: int, feature_dim: int, in_channels: int, image_size: int) -> HeteroModel:
-    """Small plain CNN: 2 convolutions (8, 16 channels), 4x4 pooled grid.
-
-    Args:
-        num_classes: number of classes.
-        feature_dim: feature vector size.
-        in_channels: input image channels.
-        image_size: input side length (any size works).
-    """
-    extractor = plain_cnn_extractor(
-        [8, 16], in_channels=in_channels, feature_dim=feature_dim, grid=4
-    )
-    return HeteroModel(
-        extractor,
-        feature_dim=feature_dim,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size,
-    )
+@register_extractor("cnn_s")
+def cnn_s(*, in_channels: int, feature_dim: int, image_size: int) -> nn.Module:
+    """Small plain CNN: 2 convolutions (8, 16 channels), 4x4 pooled grid."""
+    return plain_cnn_extractor([8, 16], in_channels=in_channels, feature_dim=feature_dim, grid=4)
 
 
-@register_model("cnn_m")
-def cnn_m(*, num_classes: int, feature_dim: int, in_channels: int, image_size: int) -> HeteroModel:
-    """Medium plain CNN: 3 convolutions (12, 24, 48 channels), 2x2 pooled grid.
-
-    Args:
-        num_classes: number of classes.
-        feature_dim: feature vector size.
-        in_channels: input image channels.
-        image_size: input side length (any size works).
-    """
-    extractor = plain_cnn_extractor(
-        [12, 24, 48], in_channels=in_channels, feature_dim=feature_dim, grid=2
-    )
-    return HeteroModel(
-        extractor,
-        feature_dim=feature_dim,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size,
-    )
+@register_extractor("cnn_m")
+def cnn_m(*, in_channels: int, feature_dim: int, image_size: int) -> nn.Module:
+    """Medium plain CNN: 3 convolutions (12, 24, 48 channels), 2x2 pooled grid."""
+    return plain_cnn_extractor([12, 24, 48], in_channels=in_channels, feature_dim=feature_dim, grid=2)
 
 
-@register_model("cnn_l")
-def cnn_l(*, num_classes: int, feature_dim: int, in_channels: int, image_size: int) -> HeteroModel:
-    """Deep plain CNN: 4 convolutions (8, 16, 32, 64 channels), global average pooling.
-
-    Args:
-        num_classes: number of classes.
-        feature_dim: feature vector size.
-        in_channels: input image channels.
-        image_size: input side length (any size works).
-    """
-    extractor = plain_cnn_extractor(
-        [8, 16, 32, 64], in_channels=in_channels, feature_dim=feature_dim, grid=1
-    )
-    return HeteroModel(
-        extractor,
-        feature_dim=feature_dim,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size,
-    )
+@register_extractor("cnn_l")
+def cnn_l(*, in_channels: int, feature_dim: int, image_size: int) -> nn.Module:
+    """Deep plain CNN: 4 convolutions (8, 16, 32, 64 channels), global average pooling."""
+    return plain_cnn_extractor([8, 16, 32, 64], in_channels=in_channels, feature_dim=feature_dim, grid=1)
 
 
 def cnn4_extractor(*, in_channels: int, image_size: int, feature_dim: int) -> nn.Sequential:
@@ -157,23 +108,8 @@ def cnn4_extractor(*, in_channels: int, image_size: int, feature_dim: int) -> nn
     )
 
 
-@register_model("cnn4")
-def cnn4(*, num_classes: int, feature_dim: int, in_channels: int, image_size: int) -> HeteroModel:
-    """The heterogeneous-FL literature's 4-layer CNN (HtFLlib's FedAvgCNN) with a projection.
-
-    Args:
-        num_classes: number of classes.
-        feature_dim: feature vector size.
-        in_channels: input image channels.
-        image_size: input side length; the model only accepts images of exactly this size.
-    """
-    extractor = cnn4_extractor(
-        in_channels=in_channels, image_size=image_size, feature_dim=feature_dim
-    )
-    return HeteroModel(
-        extractor,
-        feature_dim=feature_dim,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size,
-    )
+@register_extractor("cnn4")
+def cnn4(*, in_channels: int, feature_dim: int, image_size: int) -> nn.Module:
+    """The heterogeneous-FL literature's 4-layer CNN (HtFLlib's FedAvgCNN) with a projection to p;
+    it only accepts images of exactly ``image_size``."""
+    return cnn4_extractor(in_channels=in_channels, image_size=image_size, feature_dim=feature_dim)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedvtc.zoo.base import HeteroModel
-from fedvtc.zoo.registry import register_model
+from fedvtc.zoo.registry import register_extractor
 
 __all__ = ["InvertedResidual", "mobilenet_s_extractor"]
 
@@ -96,23 +95,8 @@ def mobilenet_s_extractor(*, in_channels: int, feature_dim: int) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
-@register_model("mobilenet_s")
-def mobilenet_s(
-    *, num_classes: int, feature_dim: int, in_channels: int, image_size: int
-) -> HeteroModel:
-    """Small MobileNetV2-style net: stride-2 stem, 7 inverted residual blocks (16-64 channels),
-    8x downsampling in all.
-
-    Args:
-        num_classes: number of classes.
-        feature_dim: feature vector size.
-        in_channels: input image channels.
-        image_size: input side length (any size works).
-    """
-    return HeteroModel(
-        mobilenet_s_extractor(in_channels=in_channels, feature_dim=feature_dim),
-        feature_dim=feature_dim,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size,
-    )
+@register_extractor("mobilenet_s")
+def mobilenet_s(*, in_channels: int, feature_dim: int, image_size: int) -> nn.Module:
+    """Small MobileNetV2-style net: stride-2 stem, 3 inverted residual blocks (16-48 channels),
+    8x downsampling in all."""
+    return mobilenet_s_extractor(in_channels=in_channels, feature_dim=feature_dim)

@@ -19,6 +19,7 @@ __all__ = [
     "create_model",
     "list_models",
     "model_info",
+    "register_extractor",
     "register_model",
 ]
 
@@ -62,6 +63,34 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
             raise ValueError(f"model {name!r} is already registered")
         _REGISTRY[name] = factory
         return factory
+
+    return decorator
+
+
+class ExtractorBuilder(Protocol):
+    """What ``register_extractor`` decorates: sizes in, a module mapping images to p features out."""
+
+    def __call__(self, *, in_channels: int, feature_dim: int, image_size: int) -> nn.Module: ...
+
+
+def register_extractor(name: str) -> Callable[[ExtractorBuilder], ExtractorBuilder]:
+    """Decorator that registers model ``name`` as the decorated extractor plus a linear head.
+
+    Most architectures differ only in their extractor; this saves each of them the ``HeteroModel``
+    wrapping. The builder is returned unchanged.
+    """
+
+    def decorator(build: ExtractorBuilder) -> ExtractorBuilder:
+        def factory(*, num_classes: int, feature_dim: int, in_channels: int, image_size: int) -> HeteroModel:
+            extractor = build(in_channels=in_channels, feature_dim=feature_dim, image_size=image_size)
+            return HeteroModel(
+                extractor, feature_dim=feature_dim, num_classes=num_classes,
+                in_channels=in_channels, image_size=image_size,
+            )
+
+        factory.__doc__ = build.__doc__
+        register_model(name)(factory)
+        return build
 
     return decorator
 

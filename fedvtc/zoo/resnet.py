@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedvtc.zoo.base import HeteroModel
-from fedvtc.zoo.registry import register_model
+from fedvtc.zoo.registry import register_extractor
 
 __all__ = ["BasicBlock", "resnet8_extractor"]
 
@@ -73,22 +72,7 @@ def resnet8_extractor(*, in_channels: int, feature_dim: int) -> nn.Sequential:
     )
 
 
-@register_model("resnet8")
-def resnet8(
-    *, num_classes: int, feature_dim: int, in_channels: int, image_size: int
-) -> HeteroModel:
-    """Small CIFAR-style ResNet: 3 stages x 1 basic block, 16/32/64 channels.
-
-    Args:
-        num_classes: number of classes.
-        feature_dim: feature vector size.
-        in_channels: input image channels.
-        image_size: input side length (any size works).
-    """
-    return HeteroModel(
-        resnet8_extractor(in_channels=in_channels, feature_dim=feature_dim),
-        feature_dim=feature_dim,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size,
-    )
+@register_extractor("resnet8")
+def resnet8(*, in_channels: int, feature_dim: int, image_size: int) -> nn.Module:
+    """Small CIFAR-style ResNet: stride-2 stem, 3 stages x 1 basic block, 16/32/64 channels."""
+    return resnet8_extractor(in_channels=in_channels, feature_dim=feature_dim)

@@ -20,8 +20,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from fedvtc.zoo.base import HeteroModel
-from fedvtc.zoo.registry import register_model
+from fedvtc.zoo.registry import register_extractor
 
 __all__ = ["TORCHVISION_MODELS", "torchvision_extractor"]
 
@@ -108,29 +107,14 @@ def torchvision_extractor(arch: str, *, in_channels: int, feature_dim: int) -> n
 
 
 def _register(arch: str) -> None:
-    def factory(
-        *, num_classes: int, feature_dim: int, in_channels: int, image_size: int
-    ) -> HeteroModel:
-        return HeteroModel(
-            torchvision_extractor(arch, in_channels=in_channels, feature_dim=feature_dim),
-            feature_dim=feature_dim,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            image_size=image_size,
-        )
+    def build(*, in_channels: int, feature_dim: int, image_size: int) -> nn.Module:
+        return torchvision_extractor(arch, in_channels=in_channels, feature_dim=feature_dim)
 
-    factory.__name__ = arch
-    factory.__qualname__ = arch
-    factory.__doc__ = (
+    build.__doc__ = (
         f"torchvision ``{arch}`` (random init) with its classifier replaced by a projection to "
-        "``feature_dim`` and a linear head.\n\n"
-        "Args:\n"
-        "    num_classes: number of classes.\n"
-        "    feature_dim: feature vector size.\n"
-        "    in_channels: input image channels.\n"
-        "    image_size: input side length (any size from 28 up works).\n"
+        "``feature_dim``; any input size from 28 up works."
     )
-    register_model(arch)(factory)
+    register_extractor(arch)(build)
 
 
 for _arch in TORCHVISION_MODELS:
