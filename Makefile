@@ -25,8 +25,8 @@ test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Offline machines of this project: write MNIST, CIFAR-10/100 from ../shared into ./data.
-data:
-	$(PYTHON) ../shared/datasets/materialize.py data
+data: setup
+	$(BIN)/python ../shared/datasets/materialize.py data
 
 clean:
 	rm -rf outputs multirun .pytest_cache
