@@ -110,7 +110,7 @@ def prepare_reference(s: RunSettings) -> dict[str, Any]:
         seed=s.seed, test=global_test_set(s),
     )
     save_reference(model, s.output_dir, test_accuracy=accuracy)
-    return {"arch": s.eval.reference_model, "epochs": s.eval.reference_epochs, "train_size": int(len(pool)),
+    return {"arch": s.eval.reference_model, "min_epochs": s.eval.reference_epochs, "train_size": int(len(pool)),
             "global_test_accuracy": accuracy}
 
 

@@ -9,6 +9,7 @@ part in training.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from fedvtc.training import evaluate, train_local
 from fedvtc.zoo import HeteroModel, create_model
 
 REFERENCE_FILE = "reference_classifier.pt"
+MIN_STEPS = 300  # a tiny training pool still gets enough SGD steps to make a usable judge
 _REFERENCE_SEED_TAG = 1_000_003  # keeps the reference's randomness apart from every client's
 
 
@@ -36,7 +38,11 @@ def train_reference(
     seed: int,
     test: ImageSet | None = None,
 ) -> tuple[HeteroModel, float | None]:
-    """Train ``arch`` on ``data`` with SGD (lr 0.01, momentum 0.9, batch 64); return it and its test accuracy."""
+    """Train ``arch`` on ``data`` with SGD (lr 0.01, momentum 0.9, batch 64); return it and its test accuracy.
+
+    Runs ``epochs`` epochs, or more when that is fewer than ``MIN_STEPS`` steps.
+    """
+    epochs = max(epochs, math.ceil(MIN_STEPS * 64 / max(len(data), 1)))
     torch.manual_seed(derive_seed(seed, _REFERENCE_SEED_TAG))
     model = create_model(arch, num_classes=num_classes, feature_dim=64, in_channels=in_channels, image_size=image_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

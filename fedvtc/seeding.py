@@ -12,6 +12,8 @@ import torch
 
 # Phase tags, so that two phases of the same client and round never share a stream.
 INIT, PARTITION, LOCAL_TRAIN, VTC_TRAIN, SYNTHESIS, FINETUNE, EVAL_SUBSET, SERVER = range(8)
+CALIBRATION = 8  # CCVR: virtual features and the head calibration's batch order
+GENERATED_FEATURES = 9  # FedGen: labels and noise of the features a client trains its head on
 
 
 def derive_seed(*keys: int) -> int:

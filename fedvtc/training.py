@@ -1,4 +1,4 @@
-"""The client-side loops of FedVTC, one phase per function (METHOD.md §2).
+"""The client-side loops of FedVTC and the baselines, one phase per function (METHOD.md §2, §6).
 
 Plain torch in, plain numbers out: no Flower, no configuration objects. Data are in-memory tensors
 (``ImageSet``); batches are drawn by indexing them with a seeded permutation, never sample by
@@ -9,14 +9,21 @@ reproducible whatever process or order it runs in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from fedvtc.data import ImageSet
-from fedvtc.losses import alignment_loss, dm_loss
+from fedvtc.losses import (
+    alignment_loss,
+    dm_loss,
+    mutual_learning_loss,
+    prediction_sets,
+    set_consensus,
+    trusted_samples,
+)
 from fedvtc.stats import ClassStats, class_statistics, sample_latents
 from fedvtc.zoo import HeteroModel
 
@@ -71,6 +78,10 @@ class Alignment:
     reduction: str = "sum"
 
 
+# A loss term on a batch's features and labels, e.g. ``lambda z, y: weight * prototype_loss(...)``.
+FeatureLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     """Shuffled index batches covering range(n) once (the last batch may be smaller)."""
     order = torch.randperm(n, generator=generator)
@@ -95,8 +106,21 @@ def train_local(
     generator: torch.Generator,
     alignment: Alignment | None = None,
     grad_clip: float = 0.0,
+    extra_loss: FeatureLoss | None = None,
 ) -> float:
     """Cross-entropy training on local data, plus the KL alignment once global statistics exist.
+
+    Args:
+        model: the client's model; trained in place.
+        data: the local training set.
+        optimizer: the optimizer over ``model``'s parameters.
+        epochs: passes over ``data``.
+        batch_size: samples per step.
+        generator: seeds the batch order.
+        alignment: FedVTC's KL term, or None.
+        grad_clip: clip the gradient norm of every step at this value (0 = off).
+        extra_loss: a further term ``extra_loss(features, labels)`` added to every step's loss,
+            already weighted (e.g. FedProto's distance to the global prototypes), or None.
 
     Returns the mean training loss of the last epoch.
     """
@@ -116,6 +140,8 @@ def train_local(
                     features, y, t.means, t.variances, alignment.local_variances, t.present,
                     reduction=alignment.reduction,
                 )
+            if extra_loss is not None:
+                loss = loss + extra_loss(features, y)
             _step(optimizer, loss, params, grad_clip)
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
@@ -239,6 +265,48 @@ def finetune(
             frozen.requires_grad_(True)
 
 
+def calibrate_head(
+    head: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    grad_clip: float = 0.0,
+) -> float:
+    """Cross-entropy training of a classifier head directly on feature vectors (CCVR's calibration).
+
+    The head acts on features, so no image and no extractor is involved: ``features`` are e.g.
+    virtual features drawn from the pooled class Gaussians.
+
+    Args:
+        head: the classifier (``model.head``); trained in place.
+        features: (n, p) input features, on the head's device.
+        labels: (n,) their class ids, on the same device.
+        optimizer: an optimizer over ``head``'s parameters.
+        epochs: passes over the features.
+        batch_size: features per step.
+        generator: seeds the batch order.
+        grad_clip: clip the gradient norm of every step at this value (0 = off).
+
+    Returns the mean loss of the last epoch.
+    """
+    head.train()
+    params = [p for p in head.parameters() if p.requires_grad]
+    total, seen = 0.0, 0
+    for _ in range(epochs):
+        total, seen = 0.0, 0
+        for idx in batches(len(labels), batch_size, generator):
+            idx = idx.to(labels.device)
+            loss = F.cross_entropy(head(features[idx]), labels[idx])
+            _step(optimizer, loss, params, grad_clip)
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+    return total / max(seen, 1)
+
+
 @torch.no_grad()
 def extract_features(model: HeteroModel, x: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
     """g(x) for a whole tensor of images, batched, in eval mode, on the CPU."""
@@ -248,10 +316,19 @@ def extract_features(model: HeteroModel, x: torch.Tensor, *, batch_size: int = 5
 
 
 def feature_statistics(
-    model: HeteroModel, data: ImageSet, *, full: bool = False, batch_size: int = 512
+    model: HeteroModel,
+    data: ImageSet,
+    *,
+    full: bool = False,
+    means_only: bool = False,
+    batch_size: int = 512,
 ) -> ClassStats:
-    """Per-class count, mean and (co)variance of the model's features on ``data``."""
-    return class_statistics(extract_features(model, data.x, batch_size=batch_size), data.y, full=full)
+    """Per-class count, mean and (co)variance of the model's features on ``data``.
+
+    ``full`` asks for (p, p) covariances, ``means_only`` for counts and means alone (prototypes).
+    """
+    features = extract_features(model, data.x, batch_size=batch_size)
+    return class_statistics(features, data.y, full=full, means_only=means_only)
 
 
 @torch.no_grad()
@@ -267,3 +344,112 @@ def evaluate(model: HeteroModel, data: ImageSet, *, batch_size: int = 512) -> tu
         correct += int((logits.argmax(dim=1) == y).sum())
     n = max(len(data), 1)
     return loss_sum / n, correct / n
+
+
+@dataclass(frozen=True)
+class MutualLearning:
+    """How a private model and a proxy teach each other (FedType's local update).
+
+    Attributes:
+        temperature: T of both distillation terms.
+        forward_weight: weight of the proxy's term, distilled from the private model on every sample.
+        backward_weight: weight of the private model's term, distilled from the proxy.
+        proxy_threshold: the proxy's prediction-set threshold; only samples whose proxy set holds 1
+            to ``max_set_size`` classes teach the private model. None: every sample does.
+        private_threshold: the private model's set threshold; when given (with ``proxy_threshold``),
+            the backward term is scaled by the batch's set consensus (``losses.set_consensus``).
+        max_set_size: the largest proxy prediction set still trusted.
+    """
+
+    temperature: float = 1.0
+    forward_weight: float = 1.0
+    backward_weight: float = 1.0
+    proxy_threshold: float | None = None
+    private_threshold: float | None = None
+    max_set_size: int = 1
+
+
+def train_mutual(
+    private: HeteroModel,
+    proxy: HeteroModel,
+    data: ImageSet,
+    private_optimizer: torch.optim.Optimizer,
+    proxy_optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    spec: MutualLearning,
+    grad_clip: float = 0.0,
+) -> dict[str, float]:
+    """Train both models on the same batches, each with cross-entropy plus what the other teaches.
+
+    Per batch: private loss = CE + backward_weight * consensus * ``mutual_learning_loss`` from the
+    proxy (trusted samples only); proxy loss = CE + forward_weight * ``mutual_learning_loss`` from
+    the private model (all samples). Each model sees the other's logits of the same forward pass,
+    detached, and both take one step.
+
+    Args:
+        private: the client's own model; trained in place.
+        proxy: the shared proxy; trained in place.
+        data: the local training set.
+        private_optimizer: an optimizer over ``private``'s parameters.
+        proxy_optimizer: an optimizer over ``proxy``'s parameters.
+        epochs: passes over ``data``.
+        batch_size: samples per step.
+        generator: seeds the batch order.
+        spec: the weights, temperature and trust thresholds.
+        grad_clip: clip each model's gradient norm at this value (0 = off).
+
+    Returns the last epoch's mean private and proxy losses and the fraction of trusted samples.
+    """
+    private.train()
+    proxy.train()
+    device = next(private.parameters()).device
+    private_params = [p for p in private.parameters() if p.requires_grad]
+    proxy_params = [p for p in proxy.parameters() if p.requires_grad]
+    totals = {"private": 0.0, "proxy": 0.0, "trusted": 0.0}
+    seen = 0
+    for _ in range(epochs):
+        totals = dict.fromkeys(totals, 0.0)
+        seen = 0
+        for idx in batches(len(data), batch_size, generator):
+            x, y = data.x[idx].to(device), data.y[idx].to(device)
+            private_logits, proxy_logits = private(x), proxy(x)
+            backward = mutual_learning_loss(
+                private_logits, proxy_logits, temperature=spec.temperature,
+                threshold=spec.proxy_threshold, max_set_size=spec.max_set_size,
+            )
+            weight = spec.backward_weight * _consensus(private_logits, proxy_logits, spec)
+            private_loss = F.cross_entropy(private_logits, y) + weight * backward
+            forward = mutual_learning_loss(proxy_logits, private_logits, temperature=spec.temperature)
+            proxy_loss = F.cross_entropy(proxy_logits, y) + spec.forward_weight * forward
+            _step(private_optimizer, private_loss, private_params, grad_clip)
+            _step(proxy_optimizer, proxy_loss, proxy_params, grad_clip)
+            totals["private"] += float(private_loss.detach()) * len(idx)
+            totals["proxy"] += float(proxy_loss.detach()) * len(idx)
+            if spec.proxy_threshold is not None:
+                probs = F.softmax(proxy_logits.detach(), dim=1)
+                totals["trusted"] += float(trusted_samples(probs, spec.proxy_threshold, spec.max_set_size).sum())
+            else:
+                totals["trusted"] += len(idx)
+            seen += len(idx)
+    return {key: value / max(seen, 1) for key, value in totals.items()}
+
+
+def _consensus(private_logits: torch.Tensor, proxy_logits: torch.Tensor, spec: MutualLearning) -> float:
+    """The batch's set consensus, or 1 when consensus weighting is off."""
+    if spec.proxy_threshold is None or spec.private_threshold is None:
+        return 1.0
+    with torch.no_grad():
+        private_sets = prediction_sets(F.softmax(private_logits, dim=1), spec.private_threshold)
+        proxy_sets = prediction_sets(F.softmax(proxy_logits, dim=1), spec.proxy_threshold)
+        return float(set_consensus(private_sets, proxy_sets))
+
+
+@torch.no_grad()
+def predict_probs(model: HeteroModel, x: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
+    """Softmax probabilities of ``model`` on a whole tensor of images, batched, in eval mode, on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([F.softmax(model(b.to(device)), dim=1).cpu() for b in x.split(batch_size)])

@@ -10,6 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from fedvtc.algorithms.ccvr import CCVRClient, CCVRSettings, CCVRStrategy
+from fedvtc.algorithms.fedgen import FedGenClient, FedGenSettings, FedGenStrategy
+from fedvtc.algorithms.fedproto import FedProtoClient, FedProtoSettings, FedProtoStrategy
+from fedvtc.algorithms.fedtgp import FedTGPClient, FedTGPSettings, FedTGPStrategy
+from fedvtc.algorithms.fedtype import FedTypeClient, FedTypeSettings, FedTypeStrategy
 from fedvtc.algorithms.fedvtc import FedVTCClient, FedVTCSettings, FedVTCStrategy
 from fedvtc.algorithms.local import LocalClient, LocalSettings, LocalStrategy
 
@@ -24,6 +29,11 @@ class Algorithm:
 ALGORITHMS: dict[str, Algorithm] = {
     "fedvtc": Algorithm(FedVTCSettings, FedVTCClient, FedVTCStrategy),
     "local": Algorithm(LocalSettings, LocalClient, LocalStrategy),
+    "fedproto": Algorithm(FedProtoSettings, FedProtoClient, FedProtoStrategy),
+    "fedtgp": Algorithm(FedTGPSettings, FedTGPClient, FedTGPStrategy),
+    "ccvr": Algorithm(CCVRSettings, CCVRClient, CCVRStrategy),
+    "fedgen": Algorithm(FedGenSettings, FedGenClient, FedGenStrategy),
+    "fedtype": Algorithm(FedTypeSettings, FedTypeClient, FedTypeStrategy),
 }
 
 
