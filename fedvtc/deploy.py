@@ -423,31 +423,48 @@ def _zombie(pid: int) -> bool:
 
 def stop_process(proc: Proc, *, grace: float = 10) -> None:
     """SIGTERM to the process's group, SIGKILL to what is left after ``grace`` seconds."""
-    pgid = proc.pid  # start_new_session: the leader's pid is the group id
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
+    stop_processes([proc], grace=grace)
+
+
+def stop_processes(procs: Sequence[Proc], *, grace: float = 10) -> None:
+    """Stop several process groups at once: SIGTERM to all, wait up to ``grace`` seconds, then
+    SIGKILL to any group with a process left (a process's pid is its group id: own session)."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
+        left = [p for p in procs if p.alive() or group_alive(p.pid)]
+        for proc in left:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if proc.popen.poll() is not None and not group_alive(pgid):
-                break
+        while left and time.monotonic() < deadline:
             time.sleep(0.2)
-        else:
-            continue
-        break
-    try:
-        proc.popen.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
+            left = [p for p in left if p.alive() or group_alive(p.pid)]
+        if not left:
+            break
+    for proc in procs:
+        try:
+            proc.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def stop_all(dep: Deployment, *, grace: float = 10) -> None:
-    """Stop every process the deployment started: the run, the SuperNodes, then the SuperLink."""
-    order = sorted(dep.procs, key=lambda p: {"flwr-run": 0, "superlink": 2}.get(p.name, 1))
-    for proc in order:
-        stop_process(proc, grace=grace)
+    """Stop every process the deployment started: the run and the SuperNodes (they sign off at the
+    SuperLink), then the SuperLink."""
+    stop_processes([p for p in dep.procs if p.name != "superlink"], grace=grace)
+    stop_processes([p for p in dep.procs if p.name == "superlink"], grace=grace)
+
+
+def leftover_pids(dep: Deployment) -> list[int]:
+    """Processes of the deployment's groups that still run (should be none after ``stop_all``)."""
+    left = []
+    for proc in dep.procs:
+        done = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True)
+        left += [int(pid) for pid in done.stdout.split() if not _zombie(int(pid))]
+    if any(p.alive() for p in dep.procs):
+        left += [p.pid for p in dep.procs if p.alive()]
+    return sorted(set(left))
 
 
 # ---- the launcher -----------------------------------------------------------------------------

@@ -264,7 +264,7 @@ def set_consensus(student_sets: torch.Tensor, teacher_sets: torch.Tensor) -> tor
 
     Per sample: the Jaccard index |S ∩ T| / |S ∪ T| when the student's set S is no larger than the
     teacher's T, else the share of the teacher's set the student also predicts, |S ∩ T| / |T|
-    (the rule of FedType's code). An empty set agrees with nothing (0).
+    (the rule of FedType's code). Two empty sets agree (1); an empty set agrees with no other (0).
 
     Args:
         student_sets: (B, C) bool sets of the model being taught.
@@ -274,7 +274,8 @@ def set_consensus(student_sets: torch.Tensor, teacher_sets: torch.Tensor) -> tor
     union = (student_sets | teacher_sets).sum(dim=1).float()
     s_size, t_size = student_sets.sum(dim=1), teacher_sets.sum(dim=1)
     denominator = torch.where(s_size <= t_size, union, t_size.float())
-    return (inter / denominator.clamp_min(1.0)).mean()
+    agreement = inter / denominator.clamp_min(1.0)
+    return torch.where(union == 0, torch.ones_like(agreement), agreement).mean()
 
 
 def mutual_learning_loss(

@@ -182,7 +182,8 @@ def sample_latents(
             estimated from fewer samples than dimensions.
     """
     mu = means[labels]
-    noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+    # Drawn on the CPU (where the generator lives) and moved: the same numbers on every device.
+    noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
     if second.dim() == 2:
         return mu + noise * second[labels].clamp_min(variance_floor).sqrt()
     factors = cholesky_factors(second, variance_floor=variance_floor, shrinkage=shrinkage)

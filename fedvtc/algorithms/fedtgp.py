@@ -254,7 +254,7 @@ class FedTGPStrategy(FedProtoStrategy):
                 epochs=self.server_epochs, batch_size=self.server_batch_size,
                 generator=torch_generator(self.seed, SERVER, server_round),
             )
-        log.info(
+        log.debug(  # the run log keeps one line per round
             "round %d: FedTGP server loss %.4f -> %.4f (margin %.3f, %d prototypes)",
             server_round, self.loss_history[0], self.loss_history[-1], margin, len(labels),
         )
