@@ -107,6 +107,7 @@ def train_local(
     alignment: Alignment | None = None,
     grad_clip: float = 0.0,
     extra_loss: FeatureLoss | None = None,
+    train_extractor: bool = True,
 ) -> float:
     """Cross-entropy training on local data, plus the KL alignment once global statistics exist.
 
@@ -121,10 +122,37 @@ def train_local(
         grad_clip: clip the gradient norm of every step at this value (0 = off).
         extra_loss: a further term ``extra_loss(features, labels)`` added to every step's loss,
             already weighted (e.g. FedProto's distance to the global prototypes), or None.
+        train_extractor: False freezes the extractor (no gradients, BatchNorm in eval mode) so
+            only the head learns; parameters without gradients are skipped by the optimizer,
+            momentum included.
 
     Returns the mean training loss of the last epoch.
     """
     model.train()
+    if not train_extractor:
+        model.extractor.requires_grad_(False)
+        model.extractor.eval()
+    try:
+        return _train_epochs(model, data, optimizer, epochs=epochs, batch_size=batch_size,
+                             generator=generator, alignment=alignment, grad_clip=grad_clip,
+                             extra_loss=extra_loss)
+    finally:
+        if not train_extractor:
+            model.extractor.requires_grad_(True)
+
+
+def _train_epochs(
+    model: HeteroModel,
+    data: ImageSet,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    alignment: Alignment | None,
+    grad_clip: float,
+    extra_loss: FeatureLoss | None,
+) -> float:
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     total, seen = 0.0, 0
@@ -236,33 +264,13 @@ def finetune(
     """Cross-entropy fine-tuning of the whole model (``scope="full"``) or of its head alone.
 
     ``data`` is whatever the caller chose to fine-tune on: synthetic images, real ones or a mix.
-    With ``scope="head"`` the extractor is frozen and runs in eval mode, so only the head moves
-    (parameters without gradients are skipped by the optimizer, momentum included).
     """
     if scope not in ("full", "head"):
         raise ValueError(f"finetune scope must be 'full' or 'head', got {scope!r}")
-    frozen = model.extractor if scope == "head" else None
-    if frozen is not None:
-        frozen.requires_grad_(False)
-    try:
-        model.train()
-        if frozen is not None:
-            frozen.eval()
-        device = next(model.parameters()).device
-        params = [p for p in model.parameters() if p.requires_grad]
-        total, seen = 0.0, 0
-        for _ in range(epochs):
-            total, seen = 0.0, 0
-            for idx in batches(len(data), batch_size, generator):
-                x, y = data.x[idx].to(device), data.y[idx].to(device)
-                loss = F.cross_entropy(model(x), y)
-                _step(optimizer, loss, params, grad_clip)
-                total += float(loss.detach()) * len(idx)
-                seen += len(idx)
-        return total / max(seen, 1)
-    finally:
-        if frozen is not None:
-            frozen.requires_grad_(True)
+    return train_local(
+        model, data, optimizer, epochs=epochs, batch_size=batch_size, generator=generator,
+        grad_clip=grad_clip, train_extractor=scope == "full",
+    )
 
 
 def calibrate_head(
