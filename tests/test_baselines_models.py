@@ -42,6 +42,15 @@ C, P = 4, 6
 OK = Status(code=Code.OK, message="")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is much faster than several fighting over busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _result(cid: int, arrays: list[np.ndarray], n: int):
     proxy = SimpleNamespace(cid=f"node-{cid}")  # the strategy only names the node in its log
     return proxy, FitRes(OK, ndarrays_to_parameters(arrays), n, {"cid": cid, "arch": "cnn_s", "seconds": 1.0})
