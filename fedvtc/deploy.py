@@ -53,6 +53,9 @@ class Proc:
     name: str
     popen: subprocess.Popen
     log: Path
+    # Every process seen in this process's tree (pid -> start time), including those that left
+    # its process group (the SuperLink starts its SuperExec in a session of its own).
+    tree: dict[int, str] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -330,14 +333,16 @@ def start_supernode(
     num_nodes: int,
     *,
     data_dir: str | os.PathLike | None = None,
+    state_dir: Path | None = None,
     private_key: Path | None = None,
     name: str | None = None,
     extra_args: Sequence[str] = (),
 ) -> Proc:
     """``flower-supernode`` for client ``index`` of ``num_nodes``, with its node config (partition-id,
-    num-partitions, data-dir, state-dir=state/node<index>) and, with auth, its private key."""
+    num-partitions, data-dir, state-dir, by default state/node<index>) and, with auth, its private
+    key (by default keys/node<index>). Restarting a node = calling this again with the same index."""
     data = Path(data_dir or os.environ.get("FEDVTC_DATA_DIR", "./data")).expanduser().resolve()
-    state = dep.state_dir(index)
+    state = Path(state_dir) if state_dir is not None else dep.state_dir(index)
     state.mkdir(parents=True, exist_ok=True)
     node_config = (f"partition-id={index} num-partitions={num_nodes} "
                    f"data-dir={json.dumps(str(data))} state-dir={json.dumps(str(state))}")
@@ -357,9 +362,21 @@ def start_run(dep: Deployment, overrides: str, *, app_dir: Path = APP_DIR) -> Pr
     return start_process(dep, "flwr-run", cmd, cwd=app_dir)
 
 
+def wait_for_log(proc: Proc, text: str, *, count: int = 1, timeout: float = 300) -> None:
+    """Wait until ``text`` appears ``count`` times in ``proc``'s log (raises if it exits or times out)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.log.read_text(errors="replace").count(text) >= count:
+            return
+        if not proc.alive():
+            raise DeploymentError(f"{proc.name} exited before logging {text!r} {count}x; see {proc.log}")
+        time.sleep(0.2)
+    raise DeploymentError(f"{proc.name} did not log {text!r} {count}x within {timeout:.0f} s; see {proc.log}")
+
+
 def run_id_of(run: Proc) -> int | None:
     """The run id ``flwr run`` printed (None before it did)."""
-    found = re.search(r"run (\d+)", run.log.read_text(errors="replace"))
+    found = re.search(r"started run (\d+)", run.log.read_text(errors="replace"))
     return int(found.group(1)) if found else None
 
 
@@ -381,7 +398,11 @@ def wait_run(dep: Deployment, run: Proc, *, timeout: float, watch: Iterable[Proc
     """
     watched = list(watch) if watch is not None else [p for p in dep.procs if p is not run]
     deadline = time.monotonic() + timeout
+    last_track = 0.0
     while run.alive():
+        if time.monotonic() - last_track > 2:
+            track(dep.procs)
+            last_track = time.monotonic()
         for proc in watched:
             if not proc.alive():
                 raise DeploymentError(
@@ -401,47 +422,72 @@ def wait_run(dep: Deployment, run: Proc, *, timeout: float, watch: Iterable[Proc
 # ---- stopping ---------------------------------------------------------------------------------
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether any process of process group ``pgid`` is still running (zombies do not count)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    done = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True)
-    pids = [int(p) for p in done.stdout.split()]
-    return any(not _zombie(pid) for pid in pids)
+def _ps() -> dict[int, tuple[int, int, str, str]]:
+    """pid -> (ppid, pgid, state, start time) of every process on the machine."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,pgid=,stat=,lstart="], capture_output=True, text=True,
+                         timeout=30, env=dict(os.environ, LC_ALL="C")).stdout
+    table = {}
+    for line in out.splitlines():
+        parts = line.split(None, 4)
+        if len(parts) == 5 and parts[0].isdigit():
+            table[int(parts[0])] = (int(parts[1]), int(parts[2]), parts[3], parts[4])
+    return table
 
 
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return not sys.platform.startswith("linux")
+def track(procs: Iterable[Proc], table: dict[int, tuple[int, int, str, str]] | None = None) -> None:
+    """Add the current descendants and group members of each process to its ``tree``."""
+    table = table if table is not None else _ps()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    for proc in procs:
+        todo = [proc.pid, *proc.tree, *(pid for pid, row in table.items() if row[1] == proc.pid)]
+        while todo:
+            pid = todo.pop()
+            if pid in table and (pid not in proc.tree or proc.tree[pid] == table[pid][3]):
+                if pid not in proc.tree:
+                    proc.tree[pid] = table[pid][3]
+                todo += [c for c in children.get(pid, []) if c not in proc.tree]
+
+
+def _alive(proc: Proc, table: dict[int, tuple[int, int, str, str]]) -> list[int]:
+    """The processes of ``proc``'s tree that still run (same pid and start time; zombies do not count)."""
+    proc.alive()  # reaps the leader if it exited
+    return [pid for pid, started in proc.tree.items()
+            if pid in table and table[pid][3] == started and not table[pid][2].startswith("Z")]
 
 
 def stop_process(proc: Proc, *, grace: float = 10) -> None:
-    """SIGTERM to the process's group, SIGKILL to what is left after ``grace`` seconds."""
+    """Stop ``proc`` and everything it started: SIGTERM, then SIGKILL after ``grace`` seconds."""
     stop_processes([proc], grace=grace)
 
 
 def stop_processes(procs: Sequence[Proc], *, grace: float = 10) -> None:
-    """Stop several process groups at once: SIGTERM to all, wait up to ``grace`` seconds, then
-    SIGKILL to any group with a process left (a process's pid is its group id: own session)."""
+    """Stop several process trees at once: SIGTERM to every process group and process of theirs,
+    wait up to ``grace`` seconds, then SIGKILL to whatever is left."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
-        left = [p for p in procs if p.alive() or group_alive(p.pid)]
-        for proc in left:
+        table = _ps()
+        track(procs, table)
+        left = [pid for proc in procs for pid in _alive(proc, table)]
+        if not left:
+            break
+        for pgid in {table[pid][1] for pid in left} | {p.pid for p in procs}:
+            if pgid > 1 and pgid != os.getpgrp():
+                try:
+                    os.killpg(pgid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        for pid in left:
             try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
                 pass
         deadline = time.monotonic() + wait
         while left and time.monotonic() < deadline:
             time.sleep(0.2)
-            left = [p for p in left if p.alive() or group_alive(p.pid)]
-        if not left:
-            break
+            table = _ps()
+            track(procs, table)
+            left = [pid for proc in procs for pid in _alive(proc, table)]
     for proc in procs:
         try:
             proc.popen.wait(timeout=5)
@@ -457,14 +503,9 @@ def stop_all(dep: Deployment, *, grace: float = 10) -> None:
 
 
 def leftover_pids(dep: Deployment) -> list[int]:
-    """Processes of the deployment's groups that still run (should be none after ``stop_all``)."""
-    left = []
-    for proc in dep.procs:
-        done = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True)
-        left += [int(pid) for pid in done.stdout.split() if not _zombie(int(pid))]
-    if any(p.alive() for p in dep.procs):
-        left += [p.pid for p in dep.procs if p.alive()]
-    return sorted(set(left))
+    """Processes started by the deployment (directly or not) that still run; [] after ``stop_all``."""
+    table = _ps()
+    return sorted({pid for proc in dep.procs for pid in _alive(proc, table)})
 
 
 # ---- the launcher -----------------------------------------------------------------------------
