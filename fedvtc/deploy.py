@@ -558,7 +558,14 @@ def deploy(
         results = dep.results / "results.json"
         if status != "finished:completed" or not results.exists():
             raise DeploymentError(f"the run ended with status '{status}'; see {run.log} and the other logs in {dep.logs}")
+        final = json.loads(results.read_text()).get("final") or {}
+        evaluated = len(final.get("clients", []))
         print(f"run completed; results in {dep.results}", flush=True)
+        if evaluated != clients:
+            raise DeploymentError(
+                f"only {evaluated} of {clients} clients were evaluated in the last round; "
+                f"the failures are in {run.log} and the SuperNode logs in {dep.logs}"
+            )
         return results
     finally:
         stop_all(dep)
