@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from fedvtc.apps import QUIET_ENV
-
 APP_DIR = Path(__file__).resolve().parents[1]
 CONNECTION = "deploy"
 HOST = "127.0.0.1"
@@ -145,6 +143,8 @@ def prepare(workdir: str | os.PathLike, *, tls: bool = False, auth: bool = False
 def flower_env(flwr_home: Path) -> dict[str, str]:
     """This process's environment plus ``FLWR_HOME``, the quiet/offline settings and our ``bin`` on PATH
     (the SuperLink and SuperNodes start ``flower-superexec`` and ``flwr-*app`` by name)."""
+    from fedvtc.apps import QUIET_ENV
+
     env = dict(os.environ)
     for key, value in QUIET_ENV.items():
         env.setdefault(key, value)
@@ -357,7 +357,8 @@ def start_supernode(
 
 def start_run(dep: Deployment, overrides: str, *, app_dir: Path = APP_DIR) -> Proc:
     """``flwr run <app> deploy --stream`` with ``overrides`` plus ``output_dir=<workdir>/results``."""
-    run_config = f"overrides={json.dumps(f'{overrides} output_dir={dep.results}'.strip())}"
+    output = shlex.quote(f"output_dir={dep.results}")
+    run_config = "overrides=" + json.dumps(f"{overrides} {output}".strip())
     cmd = ["flwr", "run", str(app_dir), CONNECTION, "--stream", "--run-config", run_config]
     return start_process(dep, "flwr-run", cmd, cwd=app_dir)
 
@@ -413,7 +414,11 @@ def wait_run(dep: Deployment, run: Proc, *, timeout: float, watch: Iterable[Proc
             raise DeploymentError(f"the run did not finish within {timeout:.0f} s; see {run.log}")
         time.sleep(0.5)
     run_id = run_id_of(run)
-    status = run_status(dep, run_id) if run_id is not None else "unknown"
+    status = "unknown"
+    if run_id is not None:  # the SuperLink may take a moment to mark the run finished
+        settle = time.monotonic() + 30
+        while not (status := run_status(dep, run_id)).startswith("finished") and time.monotonic() < settle:
+            time.sleep(1)
     if run.popen.returncode != 0 and status == "unknown":
         status = f"flwr run exited with code {run.popen.returncode}"
     return status
@@ -511,8 +516,8 @@ def leftover_pids(dep: Deployment) -> list[int]:
 # ---- the launcher -----------------------------------------------------------------------------
 
 
-def check_overrides(overrides: str, clients: int) -> int:
-    """Compose the config as the apps will and check ``num_clients``; returns ``num_rounds``."""
+def check_overrides(overrides: str, clients: int):
+    """Compose the config as the apps will and check ``num_clients``; returns the ``RunSettings``."""
     from hydra import compose, initialize_config_dir
 
     from fedvtc.config import build_settings
@@ -526,7 +531,7 @@ def check_overrides(overrides: str, clients: int) -> int:
             f"--clients {clients} but the config has num_clients={settings.num_clients}: "
             f"add 'num_clients={clients}' to --overrides"
         )
-    return settings.num_rounds
+    return settings
 
 
 def deploy(
@@ -540,7 +545,10 @@ def deploy(
     timeout: float = 1800,
 ) -> Path:
     """Run the whole deployment; returns the path of ``results.json``. Always stops what it started."""
-    check_overrides(overrides, clients)
+    settings = check_overrides(overrides, clients)
+    # One data root for the ServerApp and every ClientApp, whatever their working directories.
+    data = str(Path(data_dir).expanduser().resolve()) if data_dir else settings.data_dir
+    overrides = f"{overrides} {shlex.quote(f'data_dir={data}')}"
     dep = prepare(workdir, tls=tls, auth=auth, clients=clients)
     try:
         start_superlink(dep)
@@ -551,7 +559,7 @@ def deploy(
                 node_id = register_node(dep, Path(f"{dep.node_key(index)}.pub"))
                 print(f"registered SuperNode {index}: node id {node_id}", flush=True)
         for index in range(clients):
-            start_supernode(dep, index, clients, data_dir=data_dir)
+            start_supernode(dep, index, clients, data_dir=data)
         run = start_run(dep, overrides)
         print(f"flwr run started; following {run.log}", flush=True)
         status = wait_run(dep, run, timeout=timeout)
