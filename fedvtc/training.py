@@ -8,6 +8,7 @@ reproducible whatever process or order it runs in.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -96,6 +97,20 @@ def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params, grad_cli
     optimizer.step()
 
 
+@contextmanager
+def _frozen_extractor(model: HeteroModel, *, frozen: bool) -> Iterator[None]:
+    """While active (if ``frozen``), the extractor gets no gradients and its BatchNorm is in eval mode."""
+    if not frozen:
+        yield
+        return
+    model.extractor.requires_grad_(False)
+    model.extractor.eval()
+    try:
+        yield
+    finally:
+        model.extractor.requires_grad_(True)
+
+
 def train_local(
     model: HeteroModel,
     data: ImageSet,
@@ -129,50 +144,27 @@ def train_local(
     Returns the mean training loss of the last epoch.
     """
     model.train()
-    if not train_extractor:
-        model.extractor.requires_grad_(False)
-        model.extractor.eval()
-    try:
-        return _train_epochs(model, data, optimizer, epochs=epochs, batch_size=batch_size,
-                             generator=generator, alignment=alignment, grad_clip=grad_clip,
-                             extra_loss=extra_loss)
-    finally:
-        if not train_extractor:
-            model.extractor.requires_grad_(True)
-
-
-def _train_epochs(
-    model: HeteroModel,
-    data: ImageSet,
-    optimizer: torch.optim.Optimizer,
-    *,
-    epochs: int,
-    batch_size: int,
-    generator: torch.Generator,
-    alignment: Alignment | None,
-    grad_clip: float,
-    extra_loss: FeatureLoss | None,
-) -> float:
-    device = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
-    total, seen = 0.0, 0
-    for _ in range(epochs):
+    with _frozen_extractor(model, frozen=not train_extractor):
+        device = next(model.parameters()).device
+        params = [p for p in model.parameters() if p.requires_grad]
         total, seen = 0.0, 0
-        for idx in batches(len(data), batch_size, generator):
-            x, y = data.x[idx].to(device), data.y[idx].to(device)
-            features = model.forward_features(x)
-            loss = F.cross_entropy(model.head(features), y)
-            if alignment is not None and alignment.weight > 0:
-                t = alignment.target
-                loss = loss + alignment.weight * alignment_loss(
-                    features, y, t.means, t.variances, alignment.local_variances, t.present,
-                    reduction=alignment.reduction,
-                )
-            if extra_loss is not None:
-                loss = loss + extra_loss(features, y)
-            _step(optimizer, loss, params, grad_clip)
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
+        for _ in range(epochs):
+            total, seen = 0.0, 0
+            for idx in batches(len(data), batch_size, generator):
+                x, y = data.x[idx].to(device), data.y[idx].to(device)
+                features = model.forward_features(x)
+                loss = F.cross_entropy(model.head(features), y)
+                if alignment is not None and alignment.weight > 0:
+                    t = alignment.target
+                    loss = loss + alignment.weight * alignment_loss(
+                        features, y, t.means, t.variances, alignment.local_variances, t.present,
+                        reduction=alignment.reduction,
+                    )
+                if extra_loss is not None:
+                    loss = loss + extra_loss(features, y)
+                _step(optimizer, loss, params, grad_clip)
+                total += float(loss.detach()) * len(idx)
+                seen += len(idx)
     return total / max(seen, 1)
 
 
