@@ -47,6 +47,7 @@ def run_meta(s: RunSettings) -> dict[str, Any]:
     }[p.scheme]
     return {
         "algorithm": s.algorithm_name,
+        "label": s.algorithm_label,
         "dataset": s.dataset.name,
         "partition": {"scheme": p.scheme, "alpha": p.alpha, "classes_per_client": p.classes_per_client,
                       "min_size": p.min_size, "test_fraction": p.test_fraction},

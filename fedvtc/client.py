@@ -22,7 +22,7 @@ from fedvtc.config import RunSettings, resolve_device
 from fedvtc.data import ImageSet
 from fedvtc.federated_data import client_data, global_test_set
 from fedvtc.payload import Payload, decode, encode
-from fedvtc.profiling import PhaseTimer, peak_rss_mb
+from fedvtc.profiling import PhaseTimer, current_rss_mb, peak_rss_mb
 from fedvtc.seeding import INIT, LOCAL_TRAIN, derive_seed, torch_generator
 from fedvtc.state import load_state, save_state, state_path
 from fedvtc.training import evaluate, train_local
@@ -124,6 +124,7 @@ class HeteroClient(NumPyClient):
         if self.s.faults.fails(self.cid, server_round):
             raise RuntimeError(f"injected fault: client {self.cid} fails in round {server_round}")
         start = time.perf_counter()
+        base_rss = current_rss_mb()  # the runtime and the in-memory dataset, before this round's work
         self.round_metrics: dict[str, Any] = {}  # what the algorithm reports beyond timings
         received = self.decode_download(parameters)
         upload = self.train_round(received, server_round, num_rounds)
@@ -134,12 +135,17 @@ class HeteroClient(NumPyClient):
             "cid": self.cid,
             "arch": self.arch,
             "seconds": round(time.perf_counter() - start, 4),
-            "peak_rss_mb": round(peak_rss_mb(), 1),
             **self.timer.as_metrics(),
             **self.round_metrics,
         }
-        if self.device.type == "cuda":
-            metrics["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        # Peak RSS of this round's work: the highest per-phase peak (each phase resets the mark).
+        peak = max(self.timer.peak_rss.values(), default=peak_rss_mb())
+        metrics["peak_rss_mb"] = round(peak, 1)
+        if base_rss is not None:
+            metrics["base_rss_mb"] = round(base_rss, 1)
+            metrics["work_rss_mb"] = round(max(peak - base_rss, 0.0), 1)
+        if self.timer.peak_gpu:
+            metrics["peak_gpu_mb"] = round(max(self.timer.peak_gpu.values()), 1)
         return encode(upload), len(self.train_data), metrics
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]):

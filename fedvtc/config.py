@@ -100,6 +100,9 @@ class RunSettings:
     models: tuple[str, ...]
     feature_dim: int
     algorithm_name: str
+    # What the results call this run's method: ``algorithm.label`` (an ablation or control's name,
+    # e.g. fedvtc_no_dm), else the algorithm's name.
+    algorithm_label: str
     algorithm: Any  # the algorithm's own frozen settings dataclass
     train: TrainSettings
     eval: EvalSettings
@@ -175,6 +178,7 @@ def build_settings(cfg: DictConfig | Mapping[str, Any], *, output_dir: str | os.
     faults = dataclass_from_mapping(FaultSettings, c.get("faults", {}), "faults")
     algorithm_values = dict(c["algorithm"])
     algorithm_name = str(algorithm_values.pop("name", ""))
+    algorithm_label = str(algorithm_values.pop("label", None) or algorithm_name)
     algorithm = algorithm_settings(algorithm_name, algorithm_values)
 
     zoo = c["zoo"]
@@ -201,6 +205,7 @@ def build_settings(cfg: DictConfig | Mapping[str, Any], *, output_dir: str | os.
         models=models,
         feature_dim=int(zoo.get("feature_dim", 64)),
         algorithm_name=algorithm_name,
+        algorithm_label=algorithm_label,
         algorithm=algorithm,
         train=train,
         eval=evaluation,

@@ -10,7 +10,10 @@ finished. The file's layout:
   ``global_accuracy_std``, ``local_accuracy``, ``local_accuracy_std``, ``per_arch``,
   ``bytes_up``/``bytes_down`` (all clients together, payload bytes actually sent),
   ``bytes_up_per_client``/``bytes_down_per_client``, ``seconds`` (wall), ``phase_seconds`` (mean
-  per client), ``peak_rss_mb`` (max over clients), ``accepted``, ``rejected`` (with reasons),
+  per client), ``peak_rss_mb`` (peak resident memory of a client process during its round's work,
+  max over clients), ``work_rss_mb`` (that peak minus the RSS at the start of the round: what the
+  round's work added on top of the runtime and the in-memory dataset), ``phase_peak_rss_mb`` (per
+  phase, max over clients), ``peak_gpu_mb``/``phase_peak_gpu_mb`` on CUDA, ``accepted``, ``rejected`` (with reasons),
   ``failures``. Rounds without evaluation carry ``null`` accuracies.
 - ``final``: the last round's figures plus ``best_round`` (by mean global accuracy, labelled as
   such), totals, and ``clients``: per client id, architecture, global and local accuracy.
@@ -40,6 +43,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 def _mean_of(metrics: list[dict[str, Any]], key: str) -> float | None:
     values = [float(m[key]) for m in metrics if key in m]
     return statistics.fmean(values) if values else None
+
+
+def _max_of(metrics: list[dict[str, Any]], key: str) -> float | None:
+    values = [float(m[key]) for m in metrics if m.get(key) is not None]
+    return max(values) if values else None
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
@@ -106,10 +114,13 @@ class ResultsRecorder:
     ) -> None:
         """What the fit half of a round produced (before evaluation)."""
         phases: dict[str, list[float]] = defaultdict(list)
+        phase_rss: dict[str, list[float]] = defaultdict(list)
+        phase_gpu: dict[str, list[float]] = defaultdict(list)
         for m in fit_metrics:
             for key, value in m.items():
-                if key.startswith("time_"):
-                    phases[key[5:]].append(float(value))
+                for prefix, into in (("time_", phases), ("mem_", phase_rss), ("gpu_", phase_gpu)):
+                    if key.startswith(prefix):
+                        into[key[len(prefix):]].append(float(value))
         answered = max(len(fit_metrics) + len(rejected), 1)
         entry = {
             "round": server_round,
@@ -129,11 +140,15 @@ class ResultsRecorder:
             "phase_seconds": {k: statistics.fmean(v) for k, v in sorted(phases.items())},
             "client_seconds_total": sum(float(m.get("seconds", 0.0)) for m in fit_metrics),
             "server_aggregate_seconds": server_seconds,
-            "peak_rss_mb": max((float(m.get("peak_rss_mb", 0.0)) for m in fit_metrics), default=None),
-            "peak_gpu_mb": max((float(m["peak_gpu_mb"]) for m in fit_metrics if "peak_gpu_mb" in m), default=None),
+            "peak_rss_mb": _max_of(fit_metrics, "peak_rss_mb"),
+            "work_rss_mb": _max_of(fit_metrics, "work_rss_mb"),
+            "peak_gpu_mb": _max_of(fit_metrics, "peak_gpu_mb"),
+            "phase_peak_rss_mb": {k: max(v) for k, v in sorted(phase_rss.items())},
+            "phase_peak_gpu_mb": {k: max(v) for k, v in sorted(phase_gpu.items())},
             "client_fit": [
-                {k: v for k, v in m.items() if k in ("cid", "arch", "seconds", "peak_rss_mb", "peak_gpu_mb")
-                 or k.startswith(("time_", "synthetic_"))}
+                {k: v for k, v in m.items()
+                 if k in ("cid", "arch", "seconds", "peak_rss_mb", "base_rss_mb", "work_rss_mb", "peak_gpu_mb")
+                 or k.startswith(("time_", "mem_", "gpu_", "synthetic_"))}
                 for m in sorted(fit_metrics, key=lambda m: int(m["cid"]))
             ],
             # Reference classifier's verdict on the synthetic images (mean over clients), if any.
@@ -231,6 +246,10 @@ class ResultsRecorder:
             "total_bytes_up": sum(r["bytes_up"] for r in self.rounds),
             "total_bytes_down": sum(r["bytes_down"] for r in self.rounds),
             "total_seconds": sum(r["seconds"] or 0.0 for r in self.rounds),
+            # Memory: the highest figure of any round (None when no client reported one).
+            "peak_rss_mb": _max_of(self.rounds, "peak_rss_mb"),
+            "work_rss_mb": _max_of(self.rounds, "work_rss_mb"),
+            "peak_gpu_mb": _max_of(self.rounds, "peak_gpu_mb"),
             "clients": self._last_eval,
         }
         self.save()

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Run a comparison table's sweeps, then collect them into one table and its plots.
+#
+#   bash benchmarks/table.sh cpu                 # experiment=table_cpu + table_cpu_ablations
+#   bash benchmarks/table.sh paper OUT_DIR       # the literature-scale presets, on a GPU machine
+#
+# Every run lands under OUT_DIR (default multirun/table_<preset>_<time>): main/<n>/ and
+# ablations/<n>/, each with its results.json; the table is OUT_DIR/table.{md,csv} and the plots
+# OUT_DIR/table_*.png. Extra arguments after OUT_DIR go to every sweep (e.g. seed=0,1,2).
+set -euo pipefail
+preset=${1:-cpu}
+out=${2:-multirun/table_${preset}_$(date +%Y-%m-%d_%H-%M-%S)}
+shift $(( $# > 2 ? 2 : $# ))
+python=${PYTHON:-python}
+cd "$(dirname "$0")/.."
+
+start=$(date +%s)
+"$python" run_simulation.py -m "experiment=table_${preset}" "hydra.sweep.dir=${out}/main" "$@"
+if [[ -f "conf/experiment/table_${preset}_ablations.yaml" ]]; then
+  "$python" run_simulation.py -m "experiment=table_${preset}_ablations" "hydra.sweep.dir=${out}/ablations" "$@"
+fi
+echo "sweeps took $(( ($(date +%s) - start) / 60 )) min"
+"$python" benchmarks/compare.py "$out" --out "${out}/table" --plots
