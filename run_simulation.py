@@ -4,6 +4,7 @@
     python run_simulation.py dataset=cifar10 num_rounds=3     # any override
     python run_simulation.py experiment=debug                 # a preset from conf/experiment/
     python run_simulation.py -m partition.alpha=0.1,1.0 seed=0,1   # a sweep, one job per cell
+    python run_simulation.py resume=outputs/<date>/<time>     # continue a run from its checkpoint
 
 Results go to Hydra's output directory (``hydra.run.dir=...`` to choose it): ``results.json``,
 ``config.yaml``, ``accuracy.png`` and ``synthetic_client*.png``.
@@ -27,18 +28,24 @@ log = logging.getLogger("fedvtc")
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    from fedvtc.checkpoint import StoppedAfterRound
     from fedvtc.runner import RunError, prepare_run, simulate
 
-    output_dir = HydraConfig.get().runtime.output_dir
+    hydra_config = HydraConfig.get()
+    output_dir = hydra_config.runtime.output_dir
     _quiet_flower(verbose=bool(cfg.get("verbose", False)))
     try:
-        settings = prepare_run(cfg, output_dir)
+        settings = prepare_run(cfg, output_dir, overrides=list(hydra_config.overrides.task))
     except RunError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     log.info("output directory: %s", output_dir)
     log.debug(OmegaConf.to_yaml(cfg))
-    final = simulate(settings)
+    try:
+        final = simulate(settings)
+    except StoppedAfterRound as stop:  # the requested stand-in for a crash: say how to go on
+        print(str(stop), file=sys.stderr)
+        raise SystemExit(3) from None
     return None if final is None else final.get("global_accuracy")
 
 

@@ -11,7 +11,12 @@ For each dataset, with the CPU zoo:
     wall / (client compute / cores used), whose target is <= 1.15.
 (b) Scaling with the number of clients (total data fixed, so each client has less) and with the
     feature size p.
-Writes ``<out>.md``, ``<out>.csv`` and ``<out>.png`` and prints the table.
+(c) Memory and bytes, FedVTC against FedProto with the same models and data (in-process, so one
+    client's work at a time): peak resident memory of a client's round (process peak during the
+    round's phases) and what the round added above the RSS it started from (the dataset and the
+    runtime are already resident), per phase; and the bytes each client uploads per round on the
+    wire against the analytic size of its arrays (floats x 4), whose target is within 5 %.
+Writes ``<out>.md``, ``<out>.csv``, ``<out>_memory.{md,csv}`` and ``<out>.png`` and prints the tables.
 """
 
 from __future__ import annotations
@@ -75,6 +80,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train-fraction", type=float, default=0.2)
     parser.add_argument("--quick", action="store_true", help="10 and 20 clients, p = 64 only, 2 rounds")
+    parser.add_argument("--skip-scaling", action="store_true", help="only (c), memory and bytes")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every cell, e.g. algorithm.vtc.steps=20")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_round"))
     args = parser.parse_args()
     if args.quick:
@@ -89,6 +96,7 @@ def main() -> None:
         overrides = [
             f"dataset={dataset}", f"num_clients={clients}", f"num_rounds={args.rounds}",
             f"train_fraction={args.train_fraction}", f"zoo.feature_dim={p}", "partition.min_size=5",
+            *args.overrides,
         ]
         settings = settings_for(overrides, out)
         result = measure(settings, flower=flower)
@@ -101,24 +109,54 @@ def main() -> None:
         print(row, flush=True)
         return row
 
-    for dataset in args.datasets:
-        base = args.clients[0]
-        rows.append(cell(dataset, base, 64, flower=False))
-        for clients in args.clients:
-            rows.append(cell(dataset, clients, 64, flower=True))
-        for p in args.feature_dims:
-            if p != 64:
-                rows.append(cell(dataset, base, p, flower=True))
+    memory_rows = [
+        memory_cell(dataset, algorithm, args.clients[0], workdir, args)
+        for dataset in args.datasets for algorithm in ("fedvtc", "fedproto")
+    ]
+    write_table(memory_rows, args.out.with_name(args.out.name + "_memory"), cores)
+    if not args.skip_scaling:
+        for dataset in args.datasets:
+            base = args.clients[0]
+            rows.append(cell(dataset, base, 64, flower=False))
+            for clients in args.clients:
+                rows.append(cell(dataset, clients, 64, flower=True))
+            for p in args.feature_dims:
+                if p != 64:
+                    rows.append(cell(dataset, base, p, flower=True))
+        write(rows, args.out, cores)
     shutil.rmtree(workdir, ignore_errors=True)
-    write(rows, args.out, cores)
 
 
-def write(rows: list[dict[str, Any]], out: Path, cores: int) -> None:
+def memory_cell(dataset: str, algorithm: str, clients: int, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Peak memory per phase and bytes per client of ``algorithm``, in-process, 2 rounds."""
+    out = workdir / f"{dataset}_{algorithm}_memory"
+    overrides = [
+        f"dataset={dataset}", f"algorithm={algorithm}", f"num_clients={clients}", "num_rounds=2",
+        f"train_fraction={args.train_fraction}", "partition.min_size=5", "eval.reference_model=null",
+        *args.overrides,
+    ]
+    rounds = run_in_process(settings_for(overrides, out))
+    last = rounds[-1]  # round 2: FedVTC's full round (VTC, synthesis, fine-tuning)
+    fits = last["client_fit"]
+    row = {
+        "dataset": dataset, "algorithm": algorithm,
+        "peak RSS MB (max client)": max(f["peak_rss_mb"] for f in fits),
+        "work RSS MB (max client)": max(f.get("work_rss_mb", 0.0) for f in fits),
+        "phase peaks MB": " ".join(f"{k}={v:.0f}" for k, v in last["phase_peak_rss_mb"].items()),
+        "up B/client (wire)": round(last["bytes_up_per_client"]),
+        "up B/client (analytic)": round(last["array_bytes_up"] / max(last["accepted"], 1)),
+    }
+    row["wire / analytic"] = round(row["up B/client (wire)"] / max(row["up B/client (analytic)"], 1), 3)
+    print(row, flush=True)
+    return row
+
+
+def write_table(rows: list[dict[str, Any]], out: Path, cores: int) -> None:
+    """Markdown + CSV of ``rows`` (with the machine on top), printed too."""
     out.parent.mkdir(parents=True, exist_ok=True)
     header = list(rows[0])
     lines = [
-        f"Machine: {platform.machine()}, {cores} cores, {platform.processor() or 'cpu'}; "
-        "steady-state rounds (round >= 2).", "",
+        f"Machine: {platform.machine()}, {cores} cores, {platform.processor() or 'cpu'}.", "",
         "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
     ]
     lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
@@ -129,6 +167,11 @@ def write(rows: list[dict[str, Any]], out: Path, cores: int) -> None:
         writer = csv.DictWriter(handle, fieldnames=header)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write(rows: list[dict[str, Any]], out: Path, cores: int) -> None:
+    """The overhead and scaling table (steady-state rounds, round >= 2) and its plot."""
+    write_table(rows, out, cores)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,11 +1,19 @@
-"""Collect the results.json files under one or more directories into a comparison table.
+"""Collect the results.json files under one or more directories into a comparison table and plots.
 
-    python benchmarks/compare.py multirun/2026-11-25/12-00-00 [more dirs] [--out table]
+    python benchmarks/compare.py multirun/table_cpu_<time> [more dirs] [--out table] [--plots]
 
-Rows are grouped by (algorithm + options that differ, dataset, partition); each row gives mean ± std
-over seeds of the final-round and best-round mean global-test accuracy (labelled), the final local
-test accuracy, bytes up/down per client per round and in total, and seconds per round. Writes
-``<out>.md`` and ``<out>.csv`` and prints the markdown.
+Rows are grouped by (method, dataset, partition), where the method is the algorithm's label
+(``fedvtc``, ``fedproto``, an ablation such as ``fedvtc_no_dm``; a DP run adds its ε). Each row gives
+mean ± std over seeds of: the final-round and the best-round mean global-test accuracy (labelled as
+such; "best round" picks the round with the highest mean over clients, an optimistic figure), the
+final local-test accuracy, bytes up and down per client per round and in total, peak resident memory
+of a client's round (process peak, and what the round's work added above the dataset and runtime),
+seconds per round, and for FedVTC runs the share of synthetic images a reference classifier labels
+with their intended class (overall / for classes the client lacks).
+
+Writes ``<out>.md`` and ``<out>.csv``; with ``--plots`` also ``<out>_accuracy.png`` (mean global-test
+accuracy per round per method, one panel per dataset and partition) and ``<out>_bytes.png`` (final
+accuracy against total bytes exchanged). Prints the markdown.
 """
 
 from __future__ import annotations
@@ -18,20 +26,35 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+Key = tuple[str, str, str]  # (method, dataset, partition)
 
-def _label(run_dir: Path, results: dict[str, Any]) -> str:
-    """Algorithm name, plus the experiment preset when the run used one."""
-    label = results["meta"]["algorithm"]
-    overrides = run_dir / ".hydra" / "overrides.yaml"
-    if overrides.exists():
-        for line in overrides.read_text().splitlines():
-            line = line.strip("- '\"")
-            if line.startswith("experiment="):
-                return line.split("=", 1)[1]
+
+def method_label(results: dict[str, Any]) -> str:
+    """The algorithm's label (an ablation's own name), plus the DP budget of a private run."""
+    meta = results["meta"]
+    label = meta.get("label") or meta["algorithm"]
+    dp = meta.get("dp") or {}
+    if dp.get("enabled"):
+        eps = (results.get("final") or {}).get("dp_epsilon")
+        label += f" (DP, ε={eps:.1f})" if eps is not None else " (DP)"
     return label
 
 
-def _fmt(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+def load_runs(dirs: list[Path]) -> dict[Key, list[dict[str, Any]]]:
+    """Every finished run (``final`` present) under ``dirs``, grouped by (method, dataset, partition)."""
+    groups: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+    for root in dirs:
+        for path in sorted(root.rglob("results.json")):
+            results = json.loads(path.read_text())
+            if not results.get("final"):
+                continue  # an unfinished run
+            meta = results["meta"]
+            groups[(method_label(results), meta["dataset"], meta["partition_label"])].append(results)
+    return groups
+
+
+def _fmt(values: list[float | None], scale: float = 1.0, digits: int = 1) -> str:
+    values = [v for v in values if v is not None]
     if not values:
         return "–"
     mean = statistics.fmean(values) * scale
@@ -40,38 +63,51 @@ def _fmt(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
 
 
+def _rounds(run: dict[str, Any]) -> int:
+    return len(run["rounds"])
+
+
+def summarize(key: Key, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table row: mean ± std over the seeds in ``runs``."""
+    method, dataset, partition = key
+    finals = [r["final"] for r in runs]
+
+    def per_client_round(total: str) -> list[float]:
+        return [r["final"][total] / (r["meta"]["num_clients"] * _rounds(r)) for r in runs]
+
+    def synthetic(field: str) -> list[float | None]:
+        values = [[x[field] for x in r["rounds"] if x.get(field) is not None] for r in runs]
+        return [v[-1] if v else None for v in values]  # the last round that scored images
+
+    return {
+        "method": method,
+        "dataset": dataset,
+        "partition": partition,
+        "seeds": len(runs),
+        "final global acc (%)": _fmt([f["global_accuracy"] for f in finals], 100),
+        "best-round global acc (%)": _fmt([f["best_round"]["global_accuracy"] for f in finals], 100),
+        "final local acc (%)": _fmt([f["local_accuracy"] for f in finals], 100),
+        "up KB/client/round": _fmt(per_client_round("total_bytes_up"), 1 / 1024),
+        "down KB/client/round": _fmt(per_client_round("total_bytes_down"), 1 / 1024),
+        "total MB": _fmt([f["total_bytes_up"] + f["total_bytes_down"] for f in finals], 1 / 2**20, 2),
+        "peak RSS MB": _fmt([_peak(r, "peak_rss_mb") for r in runs], digits=0),
+        "work RSS MB": _fmt([_peak(r, "work_rss_mb") for r in runs], digits=0),
+        "s/round": _fmt([f["total_seconds"] / _rounds(r) for f, r in zip(finals, runs)]),
+        "synthetic recognised (%)": _fmt(synthetic("synthetic_accuracy"), 100),
+        "… of missing classes (%)": _fmt(synthetic("synthetic_accuracy_missing"), 100),
+    }
+
+
+def _peak(run: dict[str, Any], field: str) -> float | None:
+    values = [r[field] for r in run["rounds"] if r.get(field) is not None]
+    return max(values) if values else None
+
+
 def collect(dirs: list[Path]) -> list[dict[str, Any]]:
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for root in dirs:
-        for path in sorted(root.rglob("results.json")):
-            results = json.loads(path.read_text())
-            if not results.get("final"):
-                continue  # an unfinished run
-            meta = results["meta"]
-            key = (_label(path.parent, results), meta["dataset"], meta["partition_label"])
-            groups[key].append(results)
-    rows = []
-    for (method, dataset, partition), runs in sorted(groups.items()):
-        finals = [r["final"] for r in runs]
-        rounds = [len(r["rounds"]) for r in runs]
-        clients = [r["meta"]["num_clients"] for r in runs]
-        per_client_round = lambda total: [  # noqa: E731
-            f[total] / (n * k) for f, n, k in zip(finals, clients, rounds)
-        ]
-        rows.append({
-            "method": method,
-            "dataset": dataset,
-            "partition": partition,
-            "seeds": len(runs),
-            "final global acc (%)": _fmt([f["global_accuracy"] for f in finals], 100),
-            "best-round global acc (%)": _fmt([f["best_round"]["global_accuracy"] for f in finals], 100),
-            "final local acc (%)": _fmt([f["local_accuracy"] for f in finals], 100),
-            "up KB/client/round": _fmt(per_client_round("total_bytes_up"), 1 / 1024),
-            "down KB/client/round": _fmt(per_client_round("total_bytes_down"), 1 / 1024),
-            "total MB": _fmt([(f["total_bytes_up"] + f["total_bytes_down"]) for f in finals], 1 / 2**20, 2),
-            "s/round": _fmt([f["total_seconds"] / k for f, k in zip(finals, rounds)]),
-        })
-    return rows
+    """The table rows, sorted by dataset, partition and method."""
+    groups = load_runs(dirs)
+    keys = sorted(groups, key=lambda k: (k[1], k[2], k[0]))
+    return [summarize(k, groups[k]) for k in keys]
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
@@ -83,21 +119,86 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def plot(groups: dict[Key, list[dict[str, Any]]], out: Path) -> list[Path]:
+    """Accuracy per round per method, and final accuracy against total bytes, per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = sorted({(d, p) for _, d, p in groups})
+    methods = sorted({m for m, _, _ in groups})
+    colours = {m: plt.cm.tab20(i % 20) for i, m in enumerate(methods)}
+    n = len(settings)
+    paths = []
+
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
+    for ax, (dataset, partition) in zip(axes[0], settings):
+        for method in methods:
+            runs = groups.get((method, dataset, partition))
+            if not runs:
+                continue
+            per_round: dict[int, list[float]] = defaultdict(list)
+            for run in runs:
+                for r in run["rounds"]:
+                    if r.get("global_accuracy") is not None:
+                        per_round[r["round"]].append(100 * r["global_accuracy"])
+            xs = sorted(per_round)
+            style = "--" if "_" in method else "-"  # ablations dashed
+            ax.plot(xs, [statistics.fmean(per_round[x]) for x in xs], style, marker="o", ms=3,
+                    color=colours[method], label=method)
+        ax.set_title(f"{dataset}, {partition}")
+        ax.set_xlabel("round")
+        ax.set_ylabel("global-test accuracy (%), mean over clients and seeds")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    paths.append(out.with_name(out.name + "_accuracy.png"))
+    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
+    for ax, (dataset, partition) in zip(axes[0], settings):
+        for method in methods:
+            runs = groups.get((method, dataset, partition))
+            if not runs:
+                continue
+            mb = statistics.fmean((r["final"]["total_bytes_up"] + r["final"]["total_bytes_down"]) / 2**20 for r in runs)
+            acc = statistics.fmean(100 * r["final"]["global_accuracy"] for r in runs)
+            ax.scatter(max(mb, 1e-3), acc, color=colours[method], label=method)
+            ax.annotate(method, (max(mb, 1e-3), acc), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_title(f"{dataset}, {partition}")
+        ax.set_xlabel("total MB exchanged (all clients, all rounds; log)")
+        ax.set_ylabel("final global-test accuracy (%)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths.append(out.with_name(out.name + "_bytes.png"))
+    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="directories searched for results.json")
     parser.add_argument("--out", type=Path, default=None, help="write <out>.md and <out>.csv")
+    parser.add_argument("--plots", action="store_true", help="also write <out>_accuracy.png and <out>_bytes.png")
     args = parser.parse_args()
     rows = collect(args.dirs)
     markdown = to_markdown(rows)
     print(markdown)
-    if args.out is not None and rows:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".md").write_text(markdown + "\n")
-        with args.out.with_suffix(".csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    if args.out is None or not rows:
+        return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(markdown + "\n")
+    with args.out.with_suffix(".csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    if args.plots:
+        for path in plot(load_runs(args.dirs), args.out):
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":

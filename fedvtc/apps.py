@@ -6,6 +6,7 @@ use the same factories, so both paths run exactly the same code.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 from typing import Any
@@ -15,6 +16,7 @@ from flwr.common import Context
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 
 from fedvtc.algorithms import get_algorithm
+from fedvtc.checkpoint import attach as attach_checkpoints
 from fedvtc.config import RunSettings, resolve_device
 from fedvtc.data import load_dataset
 from fedvtc.federated_data import federated_split, global_test_set
@@ -63,12 +65,18 @@ def run_meta(s: RunSettings) -> dict[str, Any]:
         else f"fixed random subset of {s.eval.global_subset} official test images",
         "eval_every": s.eval.every,
         "device": resolve_device(s.device),
+        "dp": dataclasses.asdict(s.dp),
+        "max_client_share": s.robust.max_client_share,
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
     }
 
 
 def build_strategy(s: RunSettings) -> HeteroStrategy:
-    """The algorithm's strategy with a results recorder for ``s.output_dir``."""
+    """The algorithm's strategy with a results recorder for ``s.output_dir``.
+
+    With ``s.resume`` it continues from that checkpoint; with ``checkpoint.every`` it saves them
+    (``fedvtc.checkpoint``).
+    """
     split = federated_split(s)
     clients = [
         {
@@ -81,10 +89,10 @@ def build_strategy(s: RunSettings) -> HeteroStrategy:
         for cid in range(s.num_clients)
     ]
     meta = run_meta(s)
-    if s.eval.reference_model:
+    if s.eval.reference_model and not s.resume:  # a resumed run takes the checkpoint's classifier
         meta["reference_classifier"] = prepare_reference(s)
     recorder = ResultsRecorder(s.output_dir, meta=meta, clients=clients, num_rounds=s.num_rounds)
-    return get_algorithm(s.algorithm_name).strategy.from_settings(
+    strategy = get_algorithm(s.algorithm_name).strategy.from_settings(
         s,
         num_rounds=s.num_rounds,
         num_clients=s.num_clients,
@@ -95,7 +103,10 @@ def build_strategy(s: RunSettings) -> HeteroStrategy:
         fraction_fit=s.simulation.fraction_fit,
         min_fit_fraction=s.simulation.min_fit_fraction,
         eval_every=s.eval.every,
+        max_client_share=s.robust.max_client_share,
     )
+    attach_checkpoints(strategy, s)
+    return strategy
 
 
 def prepare_reference(s: RunSettings) -> dict[str, Any]:

@@ -79,9 +79,69 @@ class FaultSettings:
 
     clients: tuple[int, ...] = ()
     rounds: tuple[int, ...] = ()
+    # End the run after this round (and its checkpoint, if one is due) as a crash would; null = never.
+    stop_after_round: int | None = None
 
     def fails(self, cid: int, server_round: int) -> bool:
         return cid in self.clients and server_round in self.rounds
+
+
+@dataclass(frozen=True)
+class RobustSettings:
+    """Server-side bounds on what one client can shift (see ``fedvtc.stats.cap_weights``)."""
+
+    # Largest share of a class's pooling weight any one client may have (null = no cap).
+    max_client_share: float | None = None
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """Differential privacy of the shared class statistics (``fedvtc.privacy.dp``).
+
+    When enabled, each client clips every feature vector to L2 norm ``clip``, adds Gaussian noise
+    to its per-class sums, counts and second moments, and reports the epsilon it has spent at
+    ``delta`` (PLD accountant of ``dp_accounting``). Give exactly one of ``noise_multiplier`` and
+    ``target_epsilon``.
+    """
+
+    enabled: bool = False
+    # L2 bound C on each feature vector before it enters the statistics.
+    clip: float = 5.0
+    # z: noise std over sensitivity of each released part (sums z*C, counts z, squares z*C^2).
+    noise_multiplier: float | None = None
+    # Or: the epsilon each client may spend over num_rounds; z is calibrated to it.
+    target_epsilon: float | None = None
+    delta: float = 1e-5
+    # A class is sent only when its noisy count is >= max(1, count_threshold * z).
+    count_threshold: float = 3.0
+
+
+@dataclass(frozen=True)
+class PrivacyEvalSettings:
+    """What the synthetic images reveal about a client's training data (``fedvtc.privacy.leakage``).
+
+    After the last round, for each client in ``clients``: its VTC synthesizes ``per_class`` images
+    of every pooled class; each is matched to its nearest real training image of the client, and
+    the distances (and SSIM/PSNR) are compared with those of up to ``heldout`` images of the
+    client's local test split, which neither its model nor its VTC ever trained on.
+    """
+
+    # Client ids to evaluate (FedVTC runs only; [] = off).
+    clients: tuple[int, ...] = ()
+    # Synthetic images drawn per pooled class.
+    per_class: int = 50
+    # Cap on the held-out reference images (a seeded random subset of the local test split); 0 = all.
+    heldout: int = 1000
+    # Synthetic/training image pairs shown in the figure (the closest ones); 0 = histogram only.
+    plot_pairs: int = 8
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    """Saving the server's and every client's state every N rounds (``fedvtc.checkpoint``)."""
+
+    # Save after every N-th round (not after the last one), under <output dir>/checkpoint; 0 = never.
+    every: int = 0
 
 
 @dataclass(frozen=True)
@@ -109,6 +169,12 @@ class RunSettings:
     simulation: SimulationSettings
     output: OutputSettings
     faults: FaultSettings
+    robust: RobustSettings
+    dp: DPSettings
+    privacy_eval: PrivacyEvalSettings
+    checkpoint: CheckpointSettings
+    # A run directory to continue from its last checkpoint (null = a new run).
+    resume: str | None
     output_dir: str
     state_dir: str
 
@@ -176,6 +242,10 @@ def build_settings(cfg: DictConfig | Mapping[str, Any], *, output_dir: str | os.
     simulation = dataclass_from_mapping(SimulationSettings, c["simulation"], "simulation")
     output = dataclass_from_mapping(OutputSettings, c.get("output", {}), "output")
     faults = dataclass_from_mapping(FaultSettings, c.get("faults", {}), "faults")
+    robust = dataclass_from_mapping(RobustSettings, c.get("robust", {}), "robust")
+    dp = dataclass_from_mapping(DPSettings, c.get("dp", {}), "dp")
+    privacy_eval = dataclass_from_mapping(PrivacyEvalSettings, c.get("privacy_eval", {}), "privacy_eval")
+    checkpoint = dataclass_from_mapping(CheckpointSettings, c.get("checkpoint", {}), "checkpoint")
     algorithm_values = dict(c["algorithm"])
     algorithm_name = str(algorithm_values.pop("name", ""))
     algorithm_label = str(algorithm_values.pop("label", None) or algorithm_name)
@@ -212,11 +282,20 @@ def build_settings(cfg: DictConfig | Mapping[str, Any], *, output_dir: str | os.
         simulation=simulation,
         output=output,
         faults=faults,
+        robust=robust,
+        dp=dp,
+        privacy_eval=privacy_eval,
+        checkpoint=checkpoint,
+        resume=None if c.get("resume") in (None, "") else str(c["resume"]),
         output_dir=output_dir,
         state_dir=state_dir,
     )
     _check_values(settings)
     return settings
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -271,6 +350,85 @@ def _check_values(s: RunSettings) -> None:
         0 < sim.min_fit_fraction <= 1,
         f"simulation.min_fit_fraction must be in (0, 1], got {sim.min_fit_fraction}",
     )
+    _require(
+        _is_int(s.checkpoint.every) and s.checkpoint.every >= 0,
+        f"checkpoint.every must be an integer >= 0 (0 = no checkpoints), got {s.checkpoint.every!r}",
+    )
+    stop = s.faults.stop_after_round
+    _require(
+        stop is None or (_is_int(stop) and 1 <= stop < s.num_rounds),
+        f"faults.stop_after_round must be null or a round in 1..{s.num_rounds - 1} (before the last), got {stop!r}",
+    )
+    share = s.robust.max_client_share
+    _require(
+        share is None or 0 < share <= 1,
+        f"robust.max_client_share must be null or in (0, 1] (e.g. 0.3), got {share}",
+    )
+    pe = s.privacy_eval
+    _require(
+        isinstance(pe.clients, tuple),
+        f"privacy_eval.clients must be a list of client ids, got {pe.clients!r}; e.g. privacy_eval.clients=[0]",
+    )
+    bad = [c for c in pe.clients if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < s.num_clients]
+    _require(
+        not bad,
+        f"privacy_eval.clients must be client ids in 0..{s.num_clients - 1}, got {list(pe.clients)}; "
+        "e.g. privacy_eval.clients=[0]",
+    )
+    _require(
+        len(set(pe.clients)) == len(pe.clients),
+        f"privacy_eval.clients lists a client twice: {list(pe.clients)}; list each id once",
+    )
+    _require(pe.per_class >= 1, f"privacy_eval.per_class must be >= 1 (e.g. 50), got {pe.per_class}")
+    _require(pe.heldout >= 0, f"privacy_eval.heldout must be >= 0 (0 = the whole local test split), got {pe.heldout}")
+    _require(pe.plot_pairs >= 0, f"privacy_eval.plot_pairs must be >= 0 (0 = no image pairs), got {pe.plot_pairs}")
+    dp = s.dp
+    _require(isinstance(dp.enabled, bool), f"dp.enabled must be true or false, got {dp.enabled!r}")
+    if dp.enabled:
+        from fedvtc.privacy.dp import dp_accounting_available  # late: only DP runs need it
+
+        def number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+        _require(
+            s.algorithm_name == "fedvtc",
+            f"dp.enabled=true is implemented for algorithm=fedvtc and its variants, got '{s.algorithm_name}'; "
+            "set dp.enabled=false or pick a fedvtc algorithm",
+        )
+        _require(
+            not getattr(s.algorithm, "shared_vtc", False),
+            "dp.enabled=true with algorithm.shared_vtc=true: the shared VTC's weights are trained on "
+            "private images and uploaded without noise; set algorithm.shared_vtc=false",
+        )
+        _require(
+            number(dp.clip) and dp.clip > 0,
+            f"dp.clip must be > 0 (L2 bound on a feature vector, e.g. 5), got {dp.clip!r}",
+        )
+        _require(
+            (dp.noise_multiplier is None) != (dp.target_epsilon is None),
+            "dp: set exactly one of dp.noise_multiplier (e.g. 1.0) and dp.target_epsilon (e.g. 8), got "
+            f"noise_multiplier={dp.noise_multiplier!r}, target_epsilon={dp.target_epsilon!r}",
+        )
+        _require(
+            dp.noise_multiplier is None or (number(dp.noise_multiplier) and dp.noise_multiplier > 0),
+            f"dp.noise_multiplier must be null or > 0 (e.g. 1.0), got {dp.noise_multiplier!r}",
+        )
+        _require(
+            dp.target_epsilon is None or (number(dp.target_epsilon) and dp.target_epsilon > 0),
+            f"dp.target_epsilon must be null or > 0 (e.g. 8), got {dp.target_epsilon!r}",
+        )
+        _require(
+            number(dp.delta) and 0 < dp.delta < 1,
+            f"dp.delta must be in (0, 1), below 1 / (records per client), e.g. 1e-5; got {dp.delta!r}",
+        )
+        _require(
+            number(dp.count_threshold) and dp.count_threshold >= 0,
+            f"dp.count_threshold must be >= 0 (e.g. 3), got {dp.count_threshold!r}",
+        )
+        _require(
+            dp_accounting_available(),
+            'dp.enabled=true needs Google\'s dp-accounting: pip install -e ".[privacy]" (or set dp.enabled=false)',
+        )
     check = getattr(s.algorithm, "check", None)
     if check is not None:
         check(s)
@@ -286,10 +444,14 @@ def resolve_device(name: str) -> str:
 
 
 __all__ = [
+    "CheckpointSettings",
     "ConfigError",
+    "DPSettings",
     "EvalSettings",
     "OutputSettings",
     "PartitionSettings",
+    "PrivacyEvalSettings",
+    "RobustSettings",
     "RunSettings",
     "SimulationSettings",
     "TrainSettings",

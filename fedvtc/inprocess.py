@@ -61,7 +61,8 @@ class DirectProxy(ClientProxy):
 def run_in_process(settings: RunSettings, num_rounds: int | None = None) -> list[dict[str, Any]]:
     """Run ``num_rounds`` (default: the settings') rounds sequentially; return the recorded rounds.
 
-    Writes the same results files as a simulation into ``settings.output_dir``.
+    Writes the same results files as a simulation into ``settings.output_dir``. With
+    ``settings.resume`` it runs only the rounds after that checkpoint's (``fedvtc.checkpoint``).
     """
     num_rounds = num_rounds or settings.num_rounds
     manager = SimpleClientManager()
@@ -69,7 +70,7 @@ def run_in_process(settings: RunSettings, num_rounds: int | None = None) -> list
         manager.register(DirectProxy(cid, settings))
     strategy = build_strategy(settings)
     parameters = strategy.initialize_parameters(manager)
-    for rnd in range(1, num_rounds + 1):
+    for rnd in range(strategy.first_round, num_rounds + 1):
         fits = strategy.configure_fit(rnd, parameters, manager)
         results = [(proxy, proxy.fit(ins, None, rnd)) for proxy, ins in sorted(fits, key=lambda f: int(f[0].cid))]
         parameters, _ = strategy.aggregate_fit(rnd, results, [])

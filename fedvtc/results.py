@@ -148,12 +148,15 @@ class ResultsRecorder:
             "client_fit": [
                 {k: v for k, v in m.items()
                  if k in ("cid", "arch", "seconds", "peak_rss_mb", "base_rss_mb", "work_rss_mb", "peak_gpu_mb")
-                 or k.startswith(("time_", "mem_", "gpu_", "synthetic_"))}
+                 or k.startswith(("time_", "mem_", "gpu_", "synthetic_", "dp_"))}
                 for m in sorted(fit_metrics, key=lambda m: int(m["cid"]))
             ],
             # Reference classifier's verdict on the synthetic images (mean over clients), if any.
             "synthetic_accuracy": _mean_of(fit_metrics, "synthetic_accuracy"),
             "synthetic_accuracy_missing": _mean_of(fit_metrics, "synthetic_accuracy_missing"),
+            # Differential privacy (dp.enabled): the largest epsilon any client has spent so far, at dp_delta.
+            "dp_epsilon": _max_of(fit_metrics, "dp_epsilon"),
+            "dp_delta": _max_of(fit_metrics, "dp_delta"),
             "clients_sent": clients_sent,
             "accepted": len(fit_metrics),
             "rejected": rejected,
@@ -250,6 +253,8 @@ class ResultsRecorder:
             "peak_rss_mb": _max_of(self.rounds, "peak_rss_mb"),
             "work_rss_mb": _max_of(self.rounds, "work_rss_mb"),
             "peak_gpu_mb": _max_of(self.rounds, "peak_gpu_mb"),
+            "dp_epsilon": _max_of(self.rounds, "dp_epsilon"),
+            "dp_delta": _max_of(self.rounds, "dp_delta"),
             "clients": self._last_eval,
         }
         self.save()
@@ -263,6 +268,18 @@ class ResultsRecorder:
 
     def save(self) -> None:
         write_json_atomic(self.path, self.as_dict())
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint needs to continue these results (``fedvtc.checkpoint``)."""
+        return {"meta": self.meta, "clients": self.clients, "rounds": self.rounds, "last_eval": self._last_eval}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from ``state()`` of a checkpoint: its rounds so far and its last evaluation.
+
+        ``meta`` and ``clients`` stay this recorder's own (the checkpoint checks they agree).
+        """
+        self.rounds = [dict(r) for r in state["rounds"]]
+        self._last_eval = [dict(c) for c in state["last_eval"]]
 
     def as_dict(self) -> dict[str, Any]:
         return {"meta": self.meta, "clients": self.clients, "rounds": self.rounds, "final": self.final}

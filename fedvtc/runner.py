@@ -11,14 +11,16 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from fedvtc.apps import backend_config, make_client_app, make_server_app, set_quiet_env
+from fedvtc.checkpoint import CheckpointError, load_checkpoint, resume_config
 from fedvtc.config import ConfigError, RunSettings, build_settings, to_container
 from fedvtc.data import DatasetNotFoundError
 from fedvtc.federated_data import federated_split
+from fedvtc.privacy.leakage import PrivacyEvalError, evaluate_run, preflight
 
 log = logging.getLogger("fedvtc")
 
@@ -27,21 +29,38 @@ class RunError(RuntimeError):
     """A run that cannot start; the message says what to change."""
 
 
-def prepare_run(cfg: DictConfig | Mapping[str, Any], output_dir: str | os.PathLike) -> RunSettings:
+def prepare_run(
+    cfg: DictConfig | Mapping[str, Any], output_dir: str | os.PathLike, overrides: Sequence[str] = ()
+) -> RunSettings:
     """Validate ``cfg``, load the data, make the partition and save the resolved config.
 
+    Args:
+        cfg: the composed config.
+        output_dir: where the run writes its results.
+        overrides: the command line's overrides. With ``resume=<dir>`` the run takes the
+            checkpointed run's config, and these may change only what a resume allows
+            (``fedvtc.checkpoint.RESUMABLE_KEYS``).
+
     Raises:
-        RunError: with the reason and the fix, for a bad value, missing data or an impossible split.
+        RunError: with the reason and the fix, for a bad value, missing data, an impossible split,
+            or a checkpoint to resume that is missing, damaged or made with other settings.
     """
     try:
+        if cfg.get("resume"):
+            cfg = resume_config(cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg)), overrides)
         settings = build_settings(cfg, output_dir=output_dir)
+        if settings.resume:
+            load_checkpoint(settings.resume, settings)  # every check, before Ray or any training starts
         federated_split(settings)  # loads the dataset and partitions it, or says why it cannot
+        preflight(settings)  # the privacy evaluation's package, before hours of training
     except ConfigError as error:
         raise RunError(f"invalid configuration: {error}") from error
     except DatasetNotFoundError as error:
         raise RunError(str(error)) from error
     except ValueError as error:  # the partitioners' argument checks
         raise RunError(f"invalid configuration: {error}") from error
+    except CheckpointError as error:
+        raise RunError(f"cannot resume: {error}") from error
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     resolved = to_container(cfg)
@@ -65,4 +84,9 @@ def simulate(settings: RunSettings) -> dict[str, Any] | None:
     if not results.exists():
         log.error("the simulation ended without writing %s; see the log above", results)
         return None
+    if settings.privacy_eval.clients:
+        try:
+            evaluate_run(settings)
+        except PrivacyEvalError as error:  # the run's own results stay valid; say what is missing
+            log.error("privacy evaluation failed: %s", error)
     return json.loads(results.read_text()).get("final")

@@ -14,6 +14,8 @@ import torch
 INIT, PARTITION, LOCAL_TRAIN, VTC_TRAIN, SYNTHESIS, FINETUNE, EVAL_SUBSET, SERVER = range(8)
 CALIBRATION = 8  # CCVR: virtual features and the head calibration's batch order
 GENERATED_FEATURES = 9  # FedGen: labels and noise of the features a client trains its head on
+DP_NOISE = 10  # fedvtc.privacy.dp: the Gaussian noise on a client's class statistics
+PRIVACY_EVAL = 11  # fedvtc.privacy.leakage: the synthetic images and held-out subset it measures
 
 
 def derive_seed(*keys: int) -> int:

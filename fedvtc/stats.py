@@ -154,6 +154,62 @@ def pool_statistics(parts: Sequence[ClassStats]) -> ClassStats:
     return ClassStats(classes.astype(np.int64), counts, means, second)
 
 
+def cap_weights(weights: np.ndarray | Sequence[float], max_share: float) -> np.ndarray:
+    """Lower the largest weights so that none is more than ``max_share`` of the (new) total.
+
+    The cap is the least one that works: every weight above a threshold t is set to t, with t
+    chosen so that t = max_share * (sum of the capped weights); weights below t are unchanged, and
+    nothing changes when no weight exceeds ``max_share`` of the total already. When fewer than
+    ``1 / max_share`` participants have positive weight the bound cannot hold; the best possible,
+    equal weights, is returned.
+
+    Args:
+        weights: (n,) non-negative weights, e.g. the sample counts clients claim for one class.
+        max_share: largest allowed fraction of the total for one participant, in (0, 1].
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if not 0 < max_share <= 1:
+        raise ValueError(f"max_share must be in (0, 1], got {max_share}")
+    if np.any(w < 0) or not np.all(np.isfinite(w)):
+        raise ValueError("weights must be finite and non-negative")
+    total = w.sum()
+    if total <= 0 or w.max() <= max_share * total:
+        return w.copy()
+    positive = w[w > 0]
+    if len(positive) * max_share <= 1:
+        return np.where(w > 0, positive.min(), 0.0)
+    ordered = np.sort(w)[::-1]
+    for m in range(1, len(ordered)):  # cap the m largest at t
+        if m * max_share >= 1:
+            break
+        t = max_share * ordered[m:].sum() / (1 - m * max_share)
+        if ordered[m] <= t <= ordered[m - 1]:
+            return np.minimum(w, t)
+    return np.where(w > 0, positive.min(), 0.0)  # unreachable for valid input; equal weights
+
+
+def cap_class_counts(parts: Sequence[ClassStats], max_share: float) -> list[ClassStats]:
+    """Cap, class by class, the count each part contributes when pooled (see ``cap_weights``).
+
+    A client that claims an absurd number of samples of a class then moves that class's pooled
+    mean and variance by at most ``max_share`` of the pool. Means and spreads are unchanged; only
+    the counts used as pooling weights are lowered.
+    """
+    if not parts:
+        return []
+    classes = np.unique(np.concatenate([s.classes for s in parts]))
+    counts = {int(c): [] for c in classes}  # class -> [(part index, row, count)]
+    for i, s in enumerate(parts):
+        for row, (c, n) in enumerate(zip(s.classes, s.counts)):
+            counts[int(c)].append((i, row, float(n)))
+    new_counts = [s.counts.astype(np.float64).copy() for s in parts]
+    for entries in counts.values():
+        capped = cap_weights([n for _, _, n in entries], max_share)
+        for (i, row, _), n in zip(entries, capped):
+            new_counts[i][row] = n
+    return [ClassStats(s.classes, n, s.means, s.second) for s, n in zip(parts, new_counts)]
+
+
 def _weight(weights: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Multiply each class row of ``values`` (k, ...) by its scalar weight (k,)."""
     return weights.reshape((-1,) + (1,) * (values.ndim - 1)) * values

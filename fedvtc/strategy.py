@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from flwr.common import (
@@ -34,6 +34,7 @@ from flwr.server.strategy import Strategy
 
 from fedvtc.payload import Payload, PayloadError, decode, encode, payload_nbytes
 from fedvtc.results import ResultsRecorder
+from fedvtc.stats import cap_class_counts, cap_weights
 
 log = logging.getLogger("fedvtc")
 
@@ -44,7 +45,7 @@ class Upload:
 
     cid: int
     payload: Payload
-    num_examples: int
+    num_examples: float  # the claimed sample count, or its capped value (max_client_share)
     metrics: dict[str, Scalar]
     array_bytes: int  # raw bytes of the uploaded arrays (the analytic size, without framing)
 
@@ -68,6 +69,8 @@ class HeteroStrategy(Strategy):
         min_fit_fraction: fraction of the sampled clients whose valid uploads a round needs before
             the global payload is updated; below it the previous global payload is kept.
         eval_every: evaluate every N rounds (and always the last).
+        max_client_share: largest share of the pooling weight one client may have, per class for
+            statistics and overall for averaged weights (None: weights are the claimed counts).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class HeteroStrategy(Strategy):
         fraction_fit: float = 1.0,
         min_fit_fraction: float = 1.0,
         eval_every: int = 1,
+        max_client_share: float | None = None,
     ) -> None:
         super().__init__()
         self.num_rounds = num_rounds
@@ -93,11 +97,17 @@ class HeteroStrategy(Strategy):
         self.fraction_fit = fraction_fit
         self.min_fit_fraction = min_fit_fraction
         self.eval_every = eval_every
+        self.max_client_share = max_client_share
         self.global_payload = Payload()
         self._round_start = 0.0
         self._fit_sent = 0
         self._bytes_down = 0
         self._array_bytes_down = 0
+        # Rounds before this one were done before the checkpoint this run resumed from
+        # (``fedvtc.checkpoint``); Flower still counts rounds from 1, so those are skipped.
+        self.first_round = 1
+        # Called with the round number once a round is recorded (checkpoints, a requested stop).
+        self.after_round: list[Callable[[int], None]] = []
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_rounds={self.num_rounds}, num_clients={self.num_clients})"
@@ -120,6 +130,18 @@ class HeteroStrategy(Strategy):
         """Shapes of the model arrays clients upload beside their statistics (None: none)."""
         return None
 
+    def server_state(self) -> dict[str, Any]:
+        """Everything the server carries from one round to the next, for a checkpoint.
+
+        An algorithm that keeps more than the global payload (a server-trained model) extends this
+        and ``load_server_state``; per-round scratch values need not be saved.
+        """
+        return {"global_payload": self.global_payload}
+
+    def load_server_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``server_state`` returned (resuming from a checkpoint)."""
+        self.global_payload = state["global_payload"]
+
     # ---- Flower ---------------------------------------------------------------------------------
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
@@ -128,6 +150,8 @@ class HeteroStrategy(Strategy):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
+        if server_round < self.first_round:  # done before the checkpoint: Flower cancels the round
+            return []
         self._round_start = time.perf_counter()
         wanted = max(1, math.ceil(self.fraction_fit * self.num_clients))
         clients = client_manager.sample(num_clients=wanted, min_num_clients=wanted)
@@ -149,7 +173,7 @@ class HeteroStrategy(Strategy):
             log.warning("round %d: a client failed: %r", server_round, failure)
         needed = math.ceil(self.min_fit_fraction * self._fit_sent)
         if len(uploads) >= max(needed, 1):
-            self.global_payload = self.aggregate(server_round, uploads)
+            self.global_payload = self.aggregate(server_round, self._bound_influence(uploads))
         else:
             log.warning(
                 "round %d: only %d valid uploads of %d needed; keeping the previous global payload",
@@ -173,8 +197,10 @@ class HeteroStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        if server_round < self.first_round:  # done before the checkpoint: nothing to evaluate
+            return []
         if server_round % self.eval_every and server_round != self.num_rounds:
-            self.recorder.end_round(server_round, time.perf_counter() - self._round_start)
+            self._end_round(server_round)
             return []
         clients = client_manager.sample(num_clients=client_manager.num_available())
         ins = EvaluateIns(Parameters(tensors=[], tensor_type="numpy.ndarray"), {"server_round": server_round})
@@ -191,7 +217,7 @@ class HeteroStrategy(Strategy):
             log.warning("round %d: a client failed to evaluate: %r", server_round, failure)
         if metrics:
             self.recorder.record_eval(server_round, metrics)
-        self.recorder.end_round(server_round, time.perf_counter() - self._round_start)
+        self._end_round(server_round)
         if not results:
             return None, {}
         loss = float(np.mean([res.loss for _, res in results]))
@@ -201,7 +227,30 @@ class HeteroStrategy(Strategy):
         """No centralized evaluation: there is no global model, each client is evaluated."""
         return None
 
+    def _end_round(self, server_round: int) -> None:
+        """Close the round in the results, then run the ``after_round`` hooks (checkpointing)."""
+        self.recorder.end_round(server_round, time.perf_counter() - self._round_start)
+        for hook in self.after_round:
+            hook(server_round)
+
     # ---- validation -----------------------------------------------------------------------------
+
+    def _bound_influence(self, uploads: list[Upload]) -> list[Upload]:
+        """Apply ``max_client_share`` to the weights the algorithm will pool or average with."""
+        share = self.max_client_share
+        if share is None or not uploads:
+            return uploads
+        examples = cap_weights([u.num_examples for u in uploads], share)
+        with_stats = [i for i, u in enumerate(uploads) if u.payload.stats is not None]
+        capped_stats = dict(zip(with_stats, cap_class_counts([uploads[i].payload.stats for i in with_stats], share)))
+        return [
+            replace(
+                u,
+                num_examples=float(examples[i]),
+                payload=replace(u.payload, stats=capped_stats[i]) if i in capped_stats else u.payload,
+            )
+            for i, u in enumerate(uploads)
+        ]
 
     def _validate(
         self, results: list[tuple[ClientProxy, FitRes]]

@@ -66,3 +66,26 @@ def test_unknown_dataset_is_refused_by_hydra_with_the_options(data_dir: Path, tm
     proc = run_cli(["dataset=imagenet21k", f"hydra.run.dir={tmp_path}"], data_dir, timeout=120)
     assert proc.returncode != 0
     assert "imagenet21k" in proc.stderr and "mnist" in proc.stderr
+
+
+def _grid(preset: str) -> dict[str, list[str]]:
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.load(CONF / "experiment" / f"{preset}.yaml").hydra.sweeper.params
+    return {k: [v.strip() for v in str(params[k]).split(",")] for k in params}
+
+
+@pytest.mark.parametrize("scale", ["cpu", "paper"])
+def test_table_presets_sweep_every_method_setting_and_ablation(scale: str) -> None:
+    main, ablations = _grid(f"table_{scale}"), _grid(f"table_{scale}_ablations")
+    algorithms = {p.stem for p in (CONF / "algorithm").glob("*.yaml")}
+    assert set(main["algorithm"]) == {"fedvtc", "local", "fedproto", "fedtgp", "fedgen", "ccvr", "fedtype"}
+    assert {"mnist", "cifar10"} <= set(main["dataset"])
+    assert set(main["partition.alpha"]) == {"0.1", "1.0"}
+    assert len(main["seed"]) >= 2
+    assert set(ablations["algorithm"]) == {a for a in algorithms if a.startswith("fedvtc_")}
+    for preset in (f"table_{scale}", f"table_{scale}_ablations"):
+        compose_config([f"experiment={preset}"])  # composes (each cell is checked by the smoke tests)
+    if scale == "paper":
+        cfg = compose_config(["experiment=table_paper"])
+        assert "cifar100" in main["dataset"] and cfg.num_clients == 20 and cfg.zoo.name == "gpu"

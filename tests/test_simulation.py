@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import run_cli
+from helpers import REPO, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -60,6 +64,21 @@ def test_sweep_runs_two_jobs_and_repeats_the_same_metrics(debug_run: Path, data_
     # Another seed: another partition and other metrics.
     assert job1["clients"] != reference["clients"]
     assert job1["meta"]["seed"] == 1
+
+    # The comparison script turns the sweep into one row (two seeds) with mean ± std, and plots.
+    out = tmp_path / "table"
+    table = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "compare.py"), str(tmp_path), "--out", str(out), "--plots"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert table.returncode == 0, table.stderr
+    rows = list(csv.DictReader((tmp_path / "table.csv").open()))
+    assert [(r["method"], r["seeds"]) for r in rows] == [("fedvtc", "2")]
+    finals = [100 * j["final"]["global_accuracy"] for j in (job0, job1)]
+    assert rows[0]["final global acc (%)"] == f"{statistics.fmean(finals):.1f} ± {statistics.stdev(finals):.1f}"
+    assert rows[0]["peak RSS MB"] != "–" and rows[0]["synthetic recognised (%)"] != "–"
+    assert (tmp_path / "table_accuracy.png").stat().st_size > 0
+    assert (tmp_path / "table_bytes.png").stat().st_size > 0
 
 
 def test_a_failing_client_does_not_stop_the_run(data_dir: Path, tmp_path: Path) -> None:

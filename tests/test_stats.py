@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedvtc.stats import ClassStats, class_statistics, pool_statistics, sample_latents
+from fedvtc.stats import ClassStats, cap_class_counts, cap_weights, class_statistics, pool_statistics, sample_latents
 
 
 def _clients(rng, num_clients=4, p=5, num_classes=6):
@@ -75,3 +75,38 @@ def test_sampling_reproduces_the_gaussians(full):
     emp = np.cov(z.numpy().T)
     target = cov.numpy() if full else np.diag(cov.diagonal().numpy())
     np.testing.assert_allclose(emp, target, atol=0.1 * np.abs(target).max())
+
+
+@pytest.mark.parametrize(
+    "weights, share",
+    [([1, 1, 1, 97], 0.3), ([50, 30, 10, 5, 5], 0.25), ([5, 4, 3, 2, 1], 0.5), ([1e6, 1, 1, 1, 1, 1], 0.2)],
+)
+def test_cap_weights_bounds_every_share_and_keeps_small_weights(weights, share) -> None:
+    w = np.asarray(weights, float)
+    capped = cap_weights(w, share)
+    assert capped.max() <= share * capped.sum() + 1e-9
+    threshold = capped.max()
+    np.testing.assert_array_equal(capped[w < threshold], w[w < threshold])  # only the top is lowered
+    assert np.all(capped <= w)
+
+
+def test_cap_weights_edge_cases() -> None:
+    np.testing.assert_array_equal(cap_weights([3, 3, 4], 0.5), [3, 3, 4])  # already within the bound
+    np.testing.assert_array_equal(cap_weights([10, 1], 0.3), [1, 1])  # infeasible: equal weights
+    with pytest.raises(ValueError):
+        cap_weights([1, -1], 0.5)
+    with pytest.raises(ValueError):
+        cap_weights([1, 1], 0.0)
+
+
+def test_cap_class_counts_caps_per_class() -> None:
+    rng = np.random.default_rng(0)
+    a = class_statistics(rng.normal(size=(20, 3)), np.array([0] * 10 + [1] * 10))
+    b = class_statistics(rng.normal(size=(1000, 3)), np.array([0] * 990 + [2] * 10))
+    c = class_statistics(rng.normal(size=(30, 3)), np.array([0] * 20 + [1] * 10))
+    capped = cap_class_counts([a, b, c], 0.5)
+    # class 0: 10, 990, 20 -> the 990 is lowered to 30 (= 0.5 * (10 + 30 + 20))
+    assert capped[1].counts[0] == pytest.approx(30.0)
+    np.testing.assert_array_equal(capped[0].counts, a.counts)
+    assert capped[1].counts[1] == b.counts[1]  # class 2: held by one client only, bound infeasible, kept
+    np.testing.assert_array_equal(capped[1].means, b.means)

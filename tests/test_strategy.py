@@ -131,3 +131,25 @@ def test_results_file_after_evaluation(tmp_path: Path) -> None:
     assert final["per_arch"]["cnn_m"]["global_accuracy"] == pytest.approx(0.7)
     assert [c["cid"] for c in final["clients"]] == [0, 1]
     assert (tmp_path / "accuracy.png").exists()
+
+
+def test_max_client_share_bounds_a_client_that_claims_huge_counts(tmp_path: Path) -> None:
+    """One client claims 9,000 samples of class 0 with a far-off mean: capped, it moves the pool
+    by at most its share; uncapped, it drags the pooled mean to itself."""
+    honest = [class_statistics(np.random.default_rng(s).normal(size=(30, P)), np.zeros(30, int)) for s in range(4)]
+    liar = class_statistics(np.full((5, P), 100.0), np.zeros(5, int))
+    liar = type(liar)(liar.classes, np.array([9000.0]), liar.means, liar.second)
+    uploads = [_result(i, encode(Payload(s))) for i, s in enumerate([*honest, liar])]
+
+    def pooled_mean(**kwargs) -> np.ndarray:
+        strategy = _strategy(tmp_path, min_fit_fraction=0.1, **kwargs)
+        strategy._fit_sent = 5
+        parameters, _ = strategy.aggregate_fit(1, uploads, [])
+        return decode(parameters_to_ndarrays(parameters), num_classes=C, feature_dim=P).stats.means[0]
+
+    honest_mean = pool_statistics(honest).means[0]
+    assert np.all(pooled_mean() > 95)  # uncapped: the liar's 9,000 dominates
+    capped = pooled_mean(max_client_share=0.25)
+    # the liar holds at most a quarter of the weight: the shift is at most 0.25 * (100 - honest)
+    assert np.all(np.abs(capped - honest_mean) <= 0.25 * np.abs(100 - honest_mean) + 1e-6)
+    assert np.all(capped > honest_mean + 1)  # but it is still pooled, not dropped

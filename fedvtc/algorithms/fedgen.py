@@ -270,6 +270,19 @@ class FedGenStrategy(HeteroStrategy):
             diversity_weight=a.diversity_weight, share_head=a.share_head, **kwargs,
         )
 
+    def server_state(self) -> dict[str, Any]:
+        # A new Adam every round, so the generator (weights and BatchNorm statistics) is all it keeps.
+        return {
+            **super().server_state(),
+            "generator": self.generator.state_dict(),
+            "loss_history": list(self.loss_history),
+        }
+
+    def load_server_state(self, state: dict[str, Any]) -> None:
+        super().load_server_state(state)
+        self.generator.load_state_dict(state["generator"])
+        self.loss_history = list(state["loss_history"])
+
     def extra_upload_shapes(self) -> Sequence[tuple[int, ...]] | None:
         return upload_shapes(self.num_classes, self.feature_dim)
 

@@ -241,6 +241,21 @@ class FedTGPStrategy(FedProtoStrategy):
             margin_threshold=a.margin_threshold, hidden_dim=a.hidden_dim, **kwargs,
         )
 
+    def server_state(self) -> dict[str, Any]:
+        # The optimizer is rebuilt every round, so the network and the class counts are all it keeps.
+        return {
+            **super().server_state(),
+            "prototype_net": self.prototype_net.state_dict(),
+            "class_counts": self.class_counts.copy(),
+            "loss_history": list(self.loss_history),
+        }
+
+    def load_server_state(self, state: dict[str, Any]) -> None:
+        super().load_server_state(state)
+        self.prototype_net.load_state_dict(state["prototype_net"])
+        self.class_counts = np.asarray(state["class_counts"], dtype=np.float64).copy()
+        self.loss_history = list(state["loss_history"])
+
     def aggregate(self, server_round: int, uploads: list[Upload]) -> Payload:
         prototypes, labels = stack_prototypes(uploads)
         margin = adaptive_margin(prototypes, labels, self.margin_threshold)

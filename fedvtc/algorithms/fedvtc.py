@@ -23,12 +23,14 @@ from fedvtc.data import ImageSet
 from fedvtc.payload import Payload, PayloadError, decode
 from fedvtc.plots import save_class_grid
 from fedvtc.reference import load_reference, synthetic_accuracy
-from fedvtc.seeding import FINETUNE, INIT, SYNTHESIS, VTC_TRAIN, derive_seed, torch_generator
+from fedvtc.privacy.dp import epsilon_spent, private_class_statistics, resolve_noise_multiplier
+from fedvtc.seeding import DP_NOISE, FINETUNE, INIT, SYNTHESIS, VTC_TRAIN, derive_seed, torch_generator
 from fedvtc.stats import ClassStats, pool_statistics
 from fedvtc.strategy import HeteroStrategy, Upload
 from fedvtc.training import (
     Alignment,
     GlobalGaussians,
+    extract_features,
     feature_statistics,
     finetune,
     synthesize,
@@ -122,18 +124,27 @@ class FedVTCClient(HeteroClient):
         self.vtc = build_vtc(self.s).to(self.device)
         self.vtc_optimizer = torch.optim.Adam(self.vtc.parameters(), lr=a.vtc.lr)
         self.local_stats: ClassStats | None = None
+        # Rounds in which this client released differentially private statistics (dp.enabled).
+        self.dp_releases = 0
+        # The pooled statistics last received: what the VTC was last trained and sampled on, kept
+        # so that fedvtc.privacy.leakage can synthesize from it after the run.
+        self.global_stats: ClassStats | None = None
 
     def extra_state(self) -> dict[str, Any]:
         return {
             "vtc": self.vtc.state_dict(),
             "vtc_optimizer": self.vtc_optimizer.state_dict(),
             "local_stats": self.local_stats,
+            "dp_releases": self.dp_releases,
+            "global_stats": self.global_stats,
         }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.vtc.load_state_dict(state["vtc"])
         self.vtc_optimizer.load_state_dict(state["vtc_optimizer"])
         self.local_stats = state["local_stats"]
+        self.dp_releases = int(state.get("dp_releases", 0))  # absent from states saved before DP
+        self.global_stats = state.get("global_stats")  # absent from states saved before it was kept
 
     def decode_download(self, parameters: list) -> Payload:
         # The server sends the pooled VTC once one exists (from round 2 when shared), else none.
@@ -148,6 +159,7 @@ class FedVTCClient(HeteroClient):
         C = self.s.dataset.num_classes
         target = None
         if received.stats is not None:
+            self.global_stats = received.stats
             target = GlobalGaussians.from_stats(
                 received.stats, C, variance_floor=a.variance_floor, device=self.device
             )
@@ -168,10 +180,46 @@ class FedVTCClient(HeteroClient):
             self._generate_and_finetune(target, server_round, num_rounds)
 
         with self.timer("statistics"):
-            self.local_stats = feature_statistics(
-                self.model, self._on_device(self.train_data), full=a.covariance == "full"
-            )
+            if self.s.dp.enabled:
+                # The noisy statistics are also what this client aligns to in next round's KL term:
+                # post-processing of what it released, so that costs no further privacy.
+                self.local_stats = self._private_statistics(server_round, num_rounds)
+            else:
+                self.local_stats = feature_statistics(
+                    self.model, self._on_device(self.train_data), full=a.covariance == "full"
+                )
         return Payload(stats=self.local_stats, extra=shared_arrays(self.vtc) if a.shared_vtc else [])
+
+    def _private_statistics(self, server_round: int, num_rounds: int) -> ClassStats:
+        """Clipped, noised class statistics (``fedvtc.privacy.dp``); reports the epsilon spent so far.
+
+        Args:
+            server_round: this round (seeds the noise).
+            num_rounds: rounds in the run, the releases a ``dp.target_epsilon`` budget must cover.
+        """
+        dp = self.s.dp
+        z = resolve_noise_multiplier(dp.noise_multiplier, dp.target_epsilon, num_rounds, dp.delta)
+        stats = private_class_statistics(
+            extract_features(self.model, self.train_data.x), self.train_data.y,
+            num_classes=self.s.dataset.num_classes, clip=dp.clip, noise_multiplier=z,
+            generator=torch_generator(self.s.seed, self.cid, server_round, DP_NOISE),
+            full=self.s.algorithm.covariance == "full", count_threshold=dp.count_threshold,
+            variance_floor=self.s.algorithm.variance_floor,
+        )
+        # Counted per release, not per round: a client not sampled in a round spends nothing.
+        self.dp_releases += 1
+        self.round_metrics.update(
+            dp_epsilon=epsilon_spent(z, self.dp_releases, dp.delta), dp_delta=dp.delta, dp_noise_multiplier=z,
+        )
+        return stats
+
+    def fit(self, parameters: list, config: dict[str, Any]):
+        arrays, num_examples, metrics = super().fit(parameters, config)
+        if self.s.dp.enabled and self.local_stats is not None:
+            # HeteroClient reports len(train_data), an exact count of private records that add/remove
+            # DP must hide; send the total of the released noisy counts instead (post-processing).
+            num_examples = max(1, int(round(float(self.local_stats.counts.sum()))))
+        return arrays, num_examples, metrics
 
     def _generate_and_finetune(self, target: GlobalGaussians, server_round: int, num_rounds: int) -> None:
         a: FedVTCSettings = self.s.algorithm
