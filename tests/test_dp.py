@@ -15,7 +15,7 @@ from fedvtc.config import ConfigError, build_settings
 from fedvtc.payload import Payload, decode, encode
 from fedvtc.privacy import dp
 from fedvtc.stats import class_statistics
-from helpers import compose_config
+from helpers import TINY_FEDVTC, TINY_RUN, compose_config
 
 dp_accounting = pytest.importorskip("dp_accounting")
 
@@ -259,8 +259,7 @@ def test_dp_run_reports_growing_epsilon(data_dir: Path, tmp_path: Path, monkeypa
 
     monkeypatch.setenv("FEDVTC_DATA_DIR", str(data_dir))
     cfg = compose_config([
-        "num_clients=3", "num_rounds=2", "train_fraction=0.03", "partition.min_size=5",
-        "eval.global_subset=200", "algorithm.vtc.steps=4", "algorithm.synthesis.per_class=4",
+        *TINY_RUN, *TINY_FEDVTC,
         "eval.reference_model=null",  # the reference classifier's training would be 90% of the time
         "dp.enabled=true", "dp.target_epsilon=8", "dp.delta=1e-4",
     ])

@@ -35,7 +35,7 @@ from fedvtc.privacy.leakage import (
     to_unit_pixels,
 )
 from fedvtc.state import load_state, state_path
-from helpers import compose_config
+from helpers import TINY_FEDVTC, TINY_RUN, compose_config
 
 
 def _images(n: int, seed: int, shape: tuple[int, ...] = (1, 28, 28)) -> torch.Tensor:
@@ -250,9 +250,7 @@ def test_tiny_fedvtc_run_is_evaluated(data_dir: Path, tmp_path: Path, monkeypatc
 
     monkeypatch.setenv("FEDVTC_DATA_DIR", str(data_dir))
     cfg = compose_config([
-        "num_clients=3", "num_rounds=2", "train_fraction=0.03", "partition.min_size=5",
-        "eval.global_subset=200", "eval.reference_model=null", "algorithm.vtc.steps=4",
-        "algorithm.synthesis.per_class=4", "output.synthetic_grid_clients=[]",
+        *TINY_RUN, *TINY_FEDVTC, "eval.reference_model=null", "output.synthetic_grid_clients=[]",
         "privacy_eval.clients=[0]", "privacy_eval.per_class=6", "privacy_eval.plot_pairs=4",
     ])
     settings = build_settings(cfg, output_dir=tmp_path)

@@ -9,14 +9,13 @@ import pytest
 
 from fedvtc.config import build_settings
 from fedvtc.inprocess import run_in_process
-from helpers import CONF, compose_config
+from helpers import CONF, TINY_FEDVTC, TINY_RUN, compose_config
 
 pytestmark = pytest.mark.slow
 
 VARIANTS = sorted(p.stem for p in (CONF / "algorithm").glob("fedvtc_*.yaml"))
 # Small enough for seconds per preset; the e2e tests run the full Flower path.
-TINY = ["eval.global_subset=200", "eval.reference_epochs=1"]
-FEDVTC_TINY = ["algorithm.vtc.steps=4", "algorithm.synthesis.per_class=4"]
+TINY = ["eval.reference_epochs=1"]
 
 
 def test_every_ablation_of_the_issue_has_a_variant() -> None:
@@ -27,8 +26,8 @@ def test_every_ablation_of_the_issue_has_a_variant() -> None:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variant_runs_two_rounds(variant: str, data_dir: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("FEDVTC_DATA_DIR", str(data_dir))
-    overrides = [f"algorithm={variant}", *TINY, *FEDVTC_TINY]
-    cfg = compose_config(overrides + ["num_clients=3", "num_rounds=2", "train_fraction=0.03", "partition.min_size=5"])
+    overrides = [f"algorithm={variant}", *TINY, *TINY_FEDVTC]
+    cfg = compose_config(overrides + TINY_RUN)
     settings = build_settings(cfg, output_dir=tmp_path)
     assert settings.algorithm_name == "fedvtc" and settings.algorithm_label == variant
     rounds = run_in_process(settings)

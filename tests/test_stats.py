@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedvtc.stats import ClassStats, cap_class_counts, cap_weights, class_statistics, pool_statistics, sample_latents
+from fedvtc.stats import cap_class_counts, cap_weights, class_statistics, pool_statistics, sample_latents
 
 
 def _clients(rng, num_clients=4, p=5, num_classes=6):
