@@ -60,6 +60,7 @@ class PhaseTimer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.peak_rss: dict[str, float] = {}
+        self.added_rss: dict[str, float] = {}  # peak during the phase minus RSS at its start
         self.peak_gpu: dict[str, float] = {}
 
     @contextmanager
@@ -69,6 +70,7 @@ class PhaseTimer:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         reset_peak_rss()
+        rss_at_start = current_rss_mb()
         start = time.perf_counter()
         try:
             yield
@@ -78,11 +80,16 @@ class PhaseTimer:
                 gpu = torch.cuda.max_memory_allocated() / 2**20
                 self.peak_gpu[phase] = max(self.peak_gpu.get(phase, 0.0), gpu)
             self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
-            self.peak_rss[phase] = max(self.peak_rss.get(phase, 0.0), peak_rss_mb())
+            peak = peak_rss_mb()
+            self.peak_rss[phase] = max(self.peak_rss.get(phase, 0.0), peak)
+            if rss_at_start is not None:
+                self.added_rss[phase] = max(self.added_rss.get(phase, 0.0), peak - rss_at_start)
 
     def as_metrics(self) -> dict[str, float]:
-        """``time_<phase>`` (s), ``mem_<phase>`` (peak RSS, MiB) and on CUDA ``gpu_<phase>`` (MiB)."""
+        """``time_<phase>`` (s), ``mem_<phase>`` (peak RSS, MiB), ``memadd_<phase>`` (what the phase
+        added to the RSS it started with, MiB) and on CUDA ``gpu_<phase>`` (peak allocated, MiB)."""
         metrics = {f"time_{phase}": round(s, 4) for phase, s in self.seconds.items()}
         metrics.update({f"mem_{phase}": round(m, 1) for phase, m in self.peak_rss.items()})
+        metrics.update({f"memadd_{phase}": round(m, 1) for phase, m in self.added_rss.items()})
         metrics.update({f"gpu_{phase}": round(m, 1) for phase, m in self.peak_gpu.items()})
         return metrics

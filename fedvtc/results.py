@@ -13,7 +13,8 @@ finished. The file's layout:
   per client), ``peak_rss_mb`` (peak resident memory of a client process during its round's work,
   max over clients), ``work_rss_mb`` (that peak minus the RSS at the start of the round: what the
   round's work added on top of the runtime and the in-memory dataset), ``phase_peak_rss_mb`` (per
-  phase, max over clients), ``peak_gpu_mb``/``phase_peak_gpu_mb`` on CUDA, ``accepted``, ``rejected`` (with reasons),
+  phase, max over clients), ``phase_added_rss_mb`` (per phase, what it added to the RSS it started
+  with, max over clients), ``peak_gpu_mb``/``phase_peak_gpu_mb`` on CUDA, ``accepted``, ``rejected`` (with reasons),
   ``failures``. Rounds without evaluation carry ``null`` accuracies.
 - ``final``: the last round's figures plus ``best_round`` (by mean global accuracy, labelled as
   such), totals, and ``clients``: per client id, architecture, global and local accuracy.
@@ -116,9 +117,12 @@ class ResultsRecorder:
         phases: dict[str, list[float]] = defaultdict(list)
         phase_rss: dict[str, list[float]] = defaultdict(list)
         phase_gpu: dict[str, list[float]] = defaultdict(list)
+        phase_added: dict[str, list[float]] = defaultdict(list)
         for m in fit_metrics:
             for key, value in m.items():
-                for prefix, into in (("time_", phases), ("mem_", phase_rss), ("gpu_", phase_gpu)):
+                for prefix, into in (
+                    ("time_", phases), ("mem_", phase_rss), ("memadd_", phase_added), ("gpu_", phase_gpu),
+                ):
                     if key.startswith(prefix):
                         into[key[len(prefix):]].append(float(value))
         answered = max(len(fit_metrics) + len(rejected), 1)
@@ -144,11 +148,12 @@ class ResultsRecorder:
             "work_rss_mb": _max_of(fit_metrics, "work_rss_mb"),
             "peak_gpu_mb": _max_of(fit_metrics, "peak_gpu_mb"),
             "phase_peak_rss_mb": {k: max(v) for k, v in sorted(phase_rss.items())},
+            "phase_added_rss_mb": {k: max(v) for k, v in sorted(phase_added.items())},
             "phase_peak_gpu_mb": {k: max(v) for k, v in sorted(phase_gpu.items())},
             "client_fit": [
                 {k: v for k, v in m.items()
                  if k in ("cid", "arch", "seconds", "peak_rss_mb", "base_rss_mb", "work_rss_mb", "peak_gpu_mb")
-                 or k.startswith(("time_", "mem_", "gpu_", "synthetic_", "dp_"))}
+                 or k.startswith(("time_", "mem_", "memadd_", "gpu_", "synthetic_", "dp_"))}
                 for m in sorted(fit_metrics, key=lambda m: int(m["cid"]))
             ],
             # Reference classifier's verdict on the synthetic images (mean over clients), if any.

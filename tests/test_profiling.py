@@ -1,0 +1,25 @@
+"""Per-phase seconds and peak memory (fedvtc.profiling)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from fedvtc.profiling import PhaseTimer, reset_peak_rss
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not reset_peak_rss(), reason="needs Linux clear_refs")
+def test_phase_memory_is_measured_per_phase() -> None:
+    timer = PhaseTimer()
+    with timer("allocate"):
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        del block
+    with timer("idle"):
+        pass
+    metrics = timer.as_metrics()
+    assert metrics["memadd_allocate"] >= 50  # the 64 MiB shows in its own phase ...
+    assert metrics["memadd_idle"] < 10  # ... and not in the next one, after the reset
+    assert metrics["mem_allocate"] >= metrics["mem_idle"] + 40
+    assert metrics["time_allocate"] >= 0 and set(metrics) >= {"time_idle", "mem_idle"}
