@@ -144,14 +144,18 @@ def plot(groups: dict[Key, list[dict[str, Any]]], out: Path) -> list[Path]:
                     if r.get("global_accuracy") is not None:
                         per_round[r["round"]].append(100 * r["global_accuracy"])
             xs = sorted(per_round)
-            style = "--" if "_" in method else "-"  # ablations dashed
+            style = ":" if "DP" in method else "--" if "_" in method else "-"  # ablations dashed, DP dotted
             ax.plot(xs, [statistics.fmean(per_round[x]) for x in xs], style, marker="o", ms=3,
                     color=colours[method], label=method)
         ax.set_title(f"{dataset}, {partition}")
         ax.set_xlabel("round")
         ax.set_ylabel("global-test accuracy (%), mean over clients and seeds")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    legend: dict[str, Any] = {}  # every method once, whichever panel it appears in
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    axes[0][-1].legend(legend.values(), legend.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     paths.append(out.with_name(out.name + "_accuracy.png"))
     fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
