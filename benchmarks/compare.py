@@ -132,25 +132,32 @@ def plot(groups: dict[Key, list[dict[str, Any]]], out: Path) -> list[Path]:
     n = len(settings)
     paths = []
 
-    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
-    for ax, (dataset, partition) in zip(axes[0], settings):
-        for method in methods:
-            runs = groups.get((method, dataset, partition))
-            if not runs:
-                continue
-            per_round: dict[int, list[float]] = defaultdict(list)
-            for run in runs:
-                for r in run["rounds"]:
-                    if r.get("global_accuracy") is not None:
-                        per_round[r["round"]].append(100 * r["global_accuracy"])
-            xs = sorted(per_round)
-            style = ":" if "DP" in method else "--" if "_" in method else "-"  # ablations dashed, DP dotted
-            ax.plot(xs, [statistics.fmean(per_round[x]) for x in xs], style, marker="o", ms=3,
-                    color=colours[method], label=method)
-        ax.set_title(f"{dataset}, {partition}")
+    def panels() -> tuple[Any, Any, list[tuple[Any, str, list[dict[str, Any]]]]]:
+        """A new figure with one panel per setting, and (panel, method, runs) for every cell."""
+        fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
+        for ax, (dataset, partition) in zip(axes[0], settings):
+            ax.set_title(f"{dataset}, {partition}")
+            ax.grid(alpha=0.3)
+        cells = [
+            (ax, method, groups[(method, d, p)])
+            for ax, (d, p) in zip(axes[0], settings) for method in methods if groups.get((method, d, p))
+        ]
+        return fig, axes, cells
+
+    fig, axes, cells = panels()
+    for ax, method, runs in cells:
+        per_round: dict[int, list[float]] = defaultdict(list)
+        for run in runs:
+            for r in run["rounds"]:
+                if r.get("global_accuracy") is not None:
+                    per_round[r["round"]].append(100 * r["global_accuracy"])
+        xs = sorted(per_round)
+        style = ":" if "DP" in method else "--" if "_" in method else "-"  # ablations dashed, DP dotted
+        ax.plot(xs, [statistics.fmean(per_round[x]) for x in xs], style, marker="o", ms=3,
+                color=colours[method], label=method)
+    for ax in axes[0]:
         ax.set_xlabel("round")
         ax.set_ylabel("global-test accuracy (%), mean over clients and seeds")
-        ax.grid(alpha=0.3)
     legend: dict[str, Any] = {}  # every method once, whichever panel it appears in
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -161,21 +168,16 @@ def plot(groups: dict[Key, list[dict[str, Any]]], out: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
-    for ax, (dataset, partition) in zip(axes[0], settings):
-        for method in methods:
-            runs = groups.get((method, dataset, partition))
-            if not runs:
-                continue
-            mb = statistics.fmean((r["final"]["total_bytes_up"] + r["final"]["total_bytes_down"]) / 2**20 for r in runs)
-            acc = statistics.fmean(100 * r["final"]["global_accuracy"] for r in runs)
-            ax.scatter(max(mb, 1e-3), acc, color=colours[method], label=method)
-            ax.annotate(method, (max(mb, 1e-3), acc), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    fig, axes, cells = panels()
+    for ax, method, runs in cells:
+        mb = statistics.fmean((r["final"]["total_bytes_up"] + r["final"]["total_bytes_down"]) / 2**20 for r in runs)
+        acc = statistics.fmean(100 * r["final"]["global_accuracy"] for r in runs)
+        ax.scatter(max(mb, 1e-3), acc, color=colours[method], label=method)
+        ax.annotate(method, (max(mb, 1e-3), acc), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    for ax in axes[0]:
         ax.set_xscale("log")
-        ax.set_title(f"{dataset}, {partition}")
         ax.set_xlabel("total MB exchanged (all clients, all rounds; log)")
         ax.set_ylabel("final global-test accuracy (%)")
-        ax.grid(alpha=0.3)
     fig.tight_layout()
     paths.append(out.with_name(out.name + "_bytes.png"))
     fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
