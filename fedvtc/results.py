@@ -33,6 +33,21 @@ from typing import Any, Sequence
 
 log = logging.getLogger("fedvtc")
 
+# Keys of results.json that measure this machine at that moment (wall-clock time, memory) rather than
+# what the run computed: two runs of the same configuration agree on everything else.
+MEASUREMENT_KEYS = frozenset({
+    "seconds", "total_seconds", "phase_seconds", "client_seconds_total", "server_aggregate_seconds",
+    "client_eval_seconds_total", "peak_rss_mb", "base_rss_mb", "work_rss_mb", "peak_gpu_mb",
+    "phase_peak_rss_mb", "phase_added_rss_mb", "phase_peak_gpu_mb",
+})
+# Per-phase client metrics: seconds, peak RSS, RSS added, peak GPU memory.
+PHASE_PREFIXES = ("time_", "mem_", "memadd_", "gpu_")
+
+
+def is_measurement(key: str) -> bool:
+    """Whether ``key`` of results.json is a timing or memory figure (see ``MEASUREMENT_KEYS``)."""
+    return key in MEASUREMENT_KEYS or key.startswith(PHASE_PREFIXES)
+
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and population standard deviation (0 for a single value)."""
@@ -153,7 +168,7 @@ class ResultsRecorder:
             "client_fit": [
                 {k: v for k, v in m.items()
                  if k in ("cid", "arch", "seconds", "peak_rss_mb", "base_rss_mb", "work_rss_mb", "peak_gpu_mb")
-                 or k.startswith(("time_", "mem_", "memadd_", "gpu_", "synthetic_", "dp_"))}
+                 or k.startswith((*PHASE_PREFIXES, "synthetic_", "dp_"))}
                 for m in sorted(fit_metrics, key=lambda m: int(m["cid"]))
             ],
             # Reference classifier's verdict on the synthetic images (mean over clients), if any.

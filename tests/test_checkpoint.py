@@ -28,6 +28,7 @@ from fedvtc.checkpoint import (
 )
 from fedvtc.config import ConfigError, build_settings
 from fedvtc.inprocess import run_in_process
+from fedvtc.results import is_measurement
 from fedvtc.runner import RunError, prepare_run
 from fedvtc.state import state_path
 from helpers import compose_config, run_cli
@@ -47,20 +48,12 @@ SERVER_MODELS = {
 }
 STOP = ["checkpoint.every=1", "faults.stop_after_round=2"]
 
-# Measurements of this machine at that moment, not results of the run.
-MEASUREMENTS = {
-    "seconds", "total_seconds", "phase_seconds", "client_seconds_total", "server_aggregate_seconds",
-    "client_eval_seconds_total", "peak_rss_mb", "base_rss_mb", "work_rss_mb", "peak_gpu_mb",
-    "phase_peak_rss_mb", "phase_peak_gpu_mb",
-}
-
-
 def without_measurements(value: Any) -> Any:
     """``value`` (results.json) without timings and memory figures, recursively."""
     if isinstance(value, dict):
         return {
             k: without_measurements(v) for k, v in value.items()
-            if k not in MEASUREMENTS and not k.startswith(("time_", "mem_", "gpu_"))
+            if not is_measurement(k)
         }
     if isinstance(value, list):
         return [without_measurements(v) for v in value]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fedvtc.profiling import PhaseTimer, reset_peak_rss
+from fedvtc.results import is_measurement
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not reset_peak_rss(), reason="needs Linux clear_refs")
@@ -23,3 +24,13 @@ def test_phase_memory_is_measured_per_phase() -> None:
     assert metrics["memadd_idle"] < 10  # ... and not in the next one, after the reset
     assert metrics["mem_allocate"] >= metrics["mem_idle"] + 40
     assert metrics["time_allocate"] >= 0 and set(metrics) >= {"time_idle", "mem_idle"}
+
+
+def test_every_phase_figure_is_classed_as_a_measurement() -> None:
+    # Resume and determinism checks compare results.json without measurements; a phase figure that
+    # is not classed as one makes them depend on this machine's memory at that moment.
+    timer = PhaseTimer()
+    with timer("work"):
+        pass
+    assert all(is_measurement(key) for key in timer.as_metrics())
+    assert not any(is_measurement(key) for key in ("global_accuracy", "bytes_up", "dp_epsilon", "synthetic_accuracy"))
