@@ -11,7 +11,7 @@ import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from fedvtc.algorithms.fedvtc import FedVTCStrategy
-from fedvtc.payload import Payload, decode, encode, payload_nbytes
+from fedvtc.payload import Payload, decode, encode, layout, payload_nbytes
 from fedvtc.results import ResultsRecorder
 from fedvtc.stats import class_statistics, pool_statistics
 
@@ -44,9 +44,8 @@ def test_pools_valid_uploads_and_rejects_malformed_ones(tmp_path: Path) -> None:
     strategy._fit_sent = 5
     good = [_client_stats(s) for s in (0, 1, 2)]
     nan = encode(Payload(good[0][2]))
-    nan[3] = np.full_like(nan[3], np.nan)
-    wrong_shape = encode(Payload(good[1][2]))
-    wrong_shape[3] = np.zeros((wrong_shape[3].shape[0], P + 2), np.float32)
+    layout(nan, feature_dim=P)["means"][:] = np.nan
+    wrong_shape = encode(Payload(class_statistics(np.zeros((4, P + 2)), np.arange(4))))
     results = [_result(i, encode(Payload(s))) for i, (_, _, s) in enumerate(good)]
     results += [_result(3, nan), _result(4, wrong_shape)]
     strategy.min_fit_fraction = 0.5
@@ -85,7 +84,8 @@ def test_too_few_valid_uploads_keep_the_previous_global_state(tmp_path: Path) ->
     strategy.aggregate_fit(1, [_result(0, encode(Payload(s0))), _result(1, encode(Payload(s1)))], [])
     before = strategy.global_payload
     bad = encode(Payload(s1))
-    bad[4] = -np.abs(bad[4]) - 1
+    variances = layout(bad, feature_dim=P)["second"]
+    variances[:] = -np.abs(variances) - 1
     strategy.aggregate_fit(2, [_result(0, encode(Payload(s0))), _result(1, bad)], [])
     assert strategy.global_payload is before
 
