@@ -89,7 +89,8 @@ def build_strategy(s: RunSettings) -> HeteroStrategy:
         for cid in range(s.num_clients)
     ]
     meta = run_meta(s)
-    if s.eval.reference_model and not s.resume:  # a resumed run takes the checkpoint's classifier
+    # Only for algorithms with synthetic images to score; a resumed run takes the checkpoint's one.
+    if s.eval.reference_model and get_algorithm(s.algorithm_name).synthetic_images and not s.resume:
         meta["reference_classifier"] = prepare_reference(s)
     recorder = ResultsRecorder(s.output_dir, meta=meta, clients=clients, num_rounds=s.num_rounds)
     strategy = get_algorithm(s.algorithm_name).strategy.from_settings(

@@ -24,10 +24,13 @@ class Algorithm:
     settings: type
     client: type
     strategy: type
+    # Whether its clients decode synthetic images, which the run's reference classifier then scores
+    # (``eval.reference_model``); the others skip training that classifier.
+    synthetic_images: bool = False
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "fedvtc": Algorithm(FedVTCSettings, FedVTCClient, FedVTCStrategy),
+    "fedvtc": Algorithm(FedVTCSettings, FedVTCClient, FedVTCStrategy, synthetic_images=True),
     "local": Algorithm(LocalSettings, LocalClient, LocalStrategy),
     "fedproto": Algorithm(FedProtoSettings, FedProtoClient, FedProtoStrategy),
     "fedtgp": Algorithm(FedTGPSettings, FedTGPClient, FedTGPStrategy),
