@@ -56,6 +56,8 @@ def _quiet_flower(*, verbose: bool) -> None:
     flwr_logger.propagate = False
     if not verbose:
         flwr_logger.setLevel(logging.WARNING)
+        # Flower's state database migrates its schema with alembic, which logs each plugin at INFO.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":
