@@ -296,6 +296,21 @@ _CACHE: dict[tuple[Any, ...], tuple[ImageSet, ImageSet]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+def to_unit_pixels(images: torch.Tensor, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """Undo the dataset normalization: (N, C, H, W) normalized images -> pixels in [0, 1].
+
+    Args:
+        images: images normalized as ``(pixels - mean) / std`` (real data and VTC output alike).
+        mean: the dataset's per-channel mean (1 or C entries).
+        std: the dataset's per-channel standard deviation (same length rules).
+
+    Clamped to [0, 1]: the round trip leaves float errors of ~1e-7 outside the range.
+    """
+    m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images * s + m).clamp(0.0, 1.0)
+
+
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     """Absolute data directory: ``data_dir`` if given, else ``$FEDVTC_DATA_DIR``, else ``./data``.
 

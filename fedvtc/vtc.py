@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedvtc.data import to_unit_pixels
+
 
 def upsampling_steps(image_size: int) -> int:
     """Number of stride-2 transposed convolutions: 2, or more while the start stays above 8 px."""
@@ -73,7 +75,7 @@ class VTC(nn.Module):
 
     def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
         """Undo the normalization: images in [0, 1], e.g. for saving a grid."""
-        return images * self.pixel_std + self.pixel_mean
+        return to_unit_pixels(images, self.pixel_mean, self.pixel_std)
 
 
 def shared_arrays(module: nn.Module) -> list[np.ndarray]:

@@ -18,6 +18,7 @@ from fedvtc.data import (
     ImageSet,
     clear_dataset_cache,
     load_dataset,
+    to_unit_pixels,
 )
 from fedvtc.tv import torchvision
 
@@ -195,3 +196,10 @@ def test_sample_by_sample_fallback() -> None:
     assert images.shape == (6, 1, 16, 16) and images.dtype == torch.uint8
     assert labels.dtype == torch.int64 and labels.tolist() == [int(fake[i][1]) for i in range(6)]
     assert _normalize(images, spec).shape == (6, 1, 16, 16)
+
+
+def test_to_unit_pixels_undoes_the_normalization() -> None:
+    mean, std = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
+    pixels = torch.rand((4, 3, 8, 8), generator=torch.Generator().manual_seed(7))
+    normalized = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(to_unit_pixels(normalized, mean, std), pixels)

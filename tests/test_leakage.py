@@ -32,7 +32,6 @@ from fedvtc.privacy.leakage import (
     preflight,
     similarity,
     skip_reason,
-    to_unit_pixels,
 )
 from fedvtc.state import load_state, state_path
 from helpers import TINY_FEDVTC, TINY_RUN, compose_config
@@ -120,13 +119,6 @@ def test_a_copy_has_ssim_one_and_capped_psnr() -> None:
     ssim, psnr = similarity(a, a.clone())
     assert ssim.tolist() == pytest.approx([1.0, 1.0], abs=1e-9)
     assert psnr.tolist() == [PSNR_CAP_DB, PSNR_CAP_DB]
-
-
-def test_to_unit_pixels_undoes_the_normalization() -> None:
-    mean, std = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
-    pixels = _images(4, 7, (3, 8, 8))
-    normalized = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    torch.testing.assert_close(to_unit_pixels(normalized, mean, std), pixels)
 
 
 # ---- DCR summary and the whole measurement ----------------------------------------------------

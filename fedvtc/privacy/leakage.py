@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from fedvtc.config import ConfigError, RunSettings, build_settings, resolve_device
-from fedvtc.data import DatasetNotFoundError
+from fedvtc.data import DatasetNotFoundError, to_unit_pixels
 from fedvtc.results import write_json_atomic
 from fedvtc.seeding import PRIVACY_EVAL, numpy_rng, torch_generator
 
@@ -73,21 +73,6 @@ class PrivacyEvalError(RuntimeError):
 
 
 # ---- pure functions ---------------------------------------------------------------------------
-
-
-def to_unit_pixels(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Undo the dataset normalization: (N, C, H, W) normalized images -> pixels in [0, 1].
-
-    Args:
-        images: images normalized as ``(pixels - mean) / std`` (real data and VTC output alike).
-        mean: the dataset's per-channel mean (1 or C entries).
-        std: the dataset's per-channel standard deviation (same length rules).
-
-    Clamped to [0, 1]: the round trip leaves float errors of ~1e-7 outside the range.
-    """
-    m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    return (images * s + m).clamp(0.0, 1.0)
 
 
 @dataclass(frozen=True)
