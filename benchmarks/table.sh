@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Run a comparison table's sweeps, then collect them into one table and its plots.
 #
-#   bash benchmarks/table.sh cpu                 # experiment=table_cpu + table_cpu_ablations
+#   bash benchmarks/table.sh cpu                 # experiment=table_cpu, then table_cpu_ablations, table_cpu_dp
 #   bash benchmarks/table.sh paper OUT_DIR       # the literature-scale presets, on a GPU machine
 #
-# Every run lands under OUT_DIR (default multirun/table_<preset>_<time>): main/<n>/ and
-# ablations/<n>/, each with its results.json; the table is OUT_DIR/table.{md,csv} and the plots
+# Every run lands under OUT_DIR (default multirun/table_<preset>_<time>): main/<n>/, then
+# ablations/<n>/ and dp/<n>/ for the presets table_<preset>_ablations and table_<preset>_dp where
+# they exist, each with its results.json; the table is OUT_DIR/table.{md,csv} and the plots
 # OUT_DIR/table_*.png. Extra arguments after OUT_DIR go to every sweep (e.g. seed=0,1,2).
 set -euo pipefail
 preset=${1:-cpu}
@@ -16,8 +17,10 @@ cd "$(dirname "$0")/.."
 
 start=$(date +%s)
 "$python" run_simulation.py -m "experiment=table_${preset}" "hydra.sweep.dir=${out}/main" "$@"
-if [[ -f "conf/experiment/table_${preset}_ablations.yaml" ]]; then
-  "$python" run_simulation.py -m "experiment=table_${preset}_ablations" "hydra.sweep.dir=${out}/ablations" "$@"
-fi
+for part in ablations dp; do
+  if [[ -f "conf/experiment/table_${preset}_${part}.yaml" ]]; then
+    "$python" run_simulation.py -m "experiment=table_${preset}_${part}" "hydra.sweep.dir=${out}/${part}" "$@"
+  fi
+done
 echo "sweeps took $(( ($(date +%s) - start) / 60 )) min"
 "$python" benchmarks/compare.py "$out" --out "${out}/table" --plots

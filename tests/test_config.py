@@ -89,3 +89,22 @@ def test_table_presets_sweep_every_method_setting_and_ablation(scale: str) -> No
     if scale == "paper":
         cfg = compose_config(["experiment=table_paper"])
         assert "cifar100" in main["dataset"] and cfg.num_clients == 20 and cfg.zoo.name == "gpu"
+
+
+TABLE_PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("table_*.yaml"))
+
+
+@pytest.mark.parametrize("preset", TABLE_PRESETS)
+def test_every_value_of_a_table_preset_grid_is_a_valid_run(preset: str, tmp_path: Path) -> None:
+    # A typo in a sweep grid would otherwise surface an hour into the sweep, in the failing cell.
+    # Every value of every axis is composed at least once (the full product takes minutes).
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    grid = OmegaConf.load(CONF / "experiment" / f"{preset}.yaml").hydra.sweeper.params
+    axes = [[f"{key}={value.strip()}" for value in str(values).split(",")] for key, values in grid.items()]
+    cells = [[axis[i % len(axis)] for axis in axes] for i in range(max(len(axis) for axis in axes))]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):  # once: it is the slow part
+        for cell in cells:
+            cfg = compose(config_name="config", overrides=[f"experiment={preset}", *cell])
+            assert build_settings(cfg, output_dir=tmp_path).num_clients >= 10
