@@ -177,8 +177,22 @@ def write_table(rows: list[dict[str, Any]], out: Path, cores: int) -> None:
         writer.writerows(rows)
 
 
+def add_growth(rows: list[dict[str, Any]]) -> None:
+    """Add "time / linear": wall time per round over the fewest-clients Flower run's, divided by
+    the ratio of clients (p = 64). Above 1, round time grows faster than linearly in clients."""
+    for row in rows:
+        base = min((r for r in rows if r["dataset"] == row["dataset"] and r["runtime"] == "flower" and r["p"] == 64),
+                   key=lambda r: r["clients"], default=None)
+        same_kind = base is not None and row["runtime"] == "flower" and row["p"] == 64
+        row["time / linear"] = (
+            round(row["wall_s_per_round"] / base["wall_s_per_round"] / (row["clients"] / base["clients"]), 3)
+            if same_kind else ""
+        )
+
+
 def write(rows: list[dict[str, Any]], out: Path, cores: int) -> None:
     """The overhead and scaling table (steady-state rounds, round >= 2) and its plot."""
+    add_growth(rows)
     write_table(rows, out, cores)
     import matplotlib
 
