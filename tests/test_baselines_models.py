@@ -1,10 +1,9 @@
 """The baselines that share model weights: FedGen (a server-trained feature generator) and FedType
-(a FedAvg'd proxy taught by mutual learning). Strategies run on hand-built uploads; one real Flower
-simulation per algorithm is marked slow."""
+(a FedAvg'd proxy taught by mutual learning). Strategies run on hand-built uploads; every baseline's
+two-round Flower simulation is in ``test_simulation.py``."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,7 +34,7 @@ from fedvtc.payload import Payload, decode, encode
 from fedvtc.results import ResultsRecorder
 from fedvtc.stats import class_statistics
 from fedvtc.zoo import create_model
-from helpers import assert_rejected, run_cli
+from helpers import assert_rejected
 
 C, P = 4, 6
 OK = Status(code=Code.OK, message="")
@@ -264,22 +263,3 @@ def test_conformal_threshold_covers_the_true_class_and_consensus_of_sets() -> No
 )
 def test_bad_settings_are_config_errors(algorithm: str, override: str, tmp_path: Path) -> None:
     assert_rejected([f"algorithm={algorithm}"], override, tmp_path)
-
-
-# ---- simulations (slow) -----------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["fedgen", "fedtype"])
-def test_two_round_simulation(algorithm: str, data_dir: Path, tmp_path: Path) -> None:
-    args = ["experiment=debug", f"algorithm={algorithm}", "num_rounds=2", "eval.reference_model=null",
-            f"hydra.run.dir={tmp_path}"]
-    proc = run_cli(args, data_dir)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["final"]["global_accuracy"] > 0
-    first, second = results["rounds"]
-    for entry in (first, second):
-        assert entry["bytes_up"] > 0 and entry["accepted"] == 3 and entry["rejected"] == []
-    # round 1 sends only the empty header down; round 2 the generator / the averaged proxy
-    assert second["bytes_down"] > first["bytes_down"]

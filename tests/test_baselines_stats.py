@@ -1,13 +1,12 @@
 """The statistics-sharing baselines: FedProto, FedTGP and CCVR.
 
 Fast tests drive the strategies with hand-built client results (as ``test_strategy.py`` does) and
-check the pure functions; the slow ones drive a CCVR client directly and run each algorithm for
-two rounds through a real Flower simulation.
+check the pure functions; a slow one drives a CCVR client directly. Every baseline's two-round
+Flower simulation is in ``test_simulation.py``.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,7 +26,7 @@ from fedvtc.results import ResultsRecorder
 from fedvtc.stats import class_statistics
 from fedvtc.training import calibrate_head, train_local
 from fedvtc.zoo import create_model
-from helpers import assert_rejected, compose_config, run_cli
+from helpers import assert_rejected, compose_config
 
 C, P = 10, 4
 OK = Status(code=Code.OK, message="")
@@ -291,7 +290,7 @@ def test_bad_settings_are_config_errors(algorithm: str, override: str, tmp_path:
     assert_rejected([f"algorithm={algorithm}"], override, tmp_path)
 
 
-# ---- clients and simulations (slow) ---------------------------------------------------------------
+# ---- clients (slow) ------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -311,22 +310,3 @@ def test_ccvr_calibration_moves_the_head_only(data_dir: Path, tmp_path: Path, mo
     assert metrics["time_calibration"] > 0
     upload = decode(arrays, num_classes=C, feature_dim=settings.feature_dim).stats
     assert not upload.means_only and not upload.full and upload.counts.sum() == n
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["fedproto", "fedtgp", "ccvr"])
-def test_two_round_simulation(algorithm: str, data_dir: Path, tmp_path: Path) -> None:
-    args = ["experiment=debug", f"algorithm={algorithm}", "num_rounds=2", "eval.reference_model=null",
-            f"hydra.run.dir={tmp_path}"]
-    proc = run_cli(args, data_dir)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
-    final = results["final"]
-    assert final["global_accuracy"] > 0
-    first, second = results["rounds"]
-    for entry in (first, second):
-        assert entry["bytes_up"] > 0 and entry["accepted"] == 3 and entry["rejected"] == []
-    # round 1 sends only the empty header down; round 2 sends the global statistics
-    assert second["bytes_down"] > first["bytes_down"]
-    if algorithm == "ccvr":
-        assert "calibration" in second["phase_seconds"] and "calibration" not in first["phase_seconds"]

@@ -1,4 +1,5 @@
-"""End to end: real Flower simulations (Ray backend) of the debug preset, and a two-job sweep."""
+"""End to end: real Flower simulations (Ray backend) of the debug preset, of every baseline, and a
+two-job sweep."""
 
 from __future__ import annotations
 
@@ -92,3 +93,29 @@ def test_a_failing_client_does_not_stop_the_run(data_dir: Path, tmp_path: Path) 
     assert (second["failures"], second["accepted"]) == (1, 2)  # pooled from the two others
     assert results["final"]["global_accuracy"] is not None
     assert len(results["final"]["clients"]) == 3  # the failed client is still evaluated
+
+
+# What round 2 downloads that round 1 did not (round 1 sends every client an empty header).
+BASELINE_DOWNLOADS = {
+    "fedproto": "averaged prototypes", "fedtgp": "server-trained prototypes", "ccvr": "pooled Gaussians",
+    "fedgen": "the generator and mean head", "fedtype": "the averaged proxy model", "local": None,
+}
+
+
+@pytest.mark.parametrize("algorithm", sorted(BASELINE_DOWNLOADS))
+def test_every_baseline_runs_two_rounds_through_flower(algorithm: str, data_dir: Path, tmp_path: Path) -> None:
+    args = ["experiment=debug", f"algorithm={algorithm}", "num_rounds=2", "eval.reference_model=null",
+            f"hydra.run.dir={tmp_path}"]
+    proc = run_cli(args, data_dir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["meta"]["algorithm"] == algorithm and results["final"]["global_accuracy"] > 0
+    first, second = results["rounds"]
+    for entry in (first, second):
+        assert entry["bytes_up"] > 0 and entry["accepted"] == 3 and entry["rejected"] == []
+    if BASELINE_DOWNLOADS[algorithm] is None:  # training alone: the empty header both ways, every round
+        assert second["bytes_down"] == first["bytes_down"] and second["bytes_up"] == first["bytes_up"]
+    else:
+        assert second["bytes_down"] > first["bytes_down"], BASELINE_DOWNLOADS[algorithm]
+    if algorithm == "ccvr":  # the head is recalibrated once there are pooled Gaussians
+        assert "calibration" in second["phase_seconds"] and "calibration" not in first["phase_seconds"]
