@@ -4,6 +4,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from flwr.common import ndarrays_to_parameters
 
 from fedvtc.payload import Payload, PayloadError, decode, encode, layout, payload_nbytes
 from fedvtc.stats import class_statistics, pool_statistics
@@ -39,6 +40,8 @@ def test_one_array_whose_size_is_what_is_sent():
     # ids, counts, means and variances, 4 bytes each.
     assert len(arrays) == 1
     assert payload_nbytes(arrays) == 4 * (4 + k + k + 2 * k * P)
+    # On the wire (Flower's serialization) that is one .npy record: the values plus a 128-byte header.
+    assert len(ndarrays_to_parameters(arrays).tensors[0]) == payload_nbytes(arrays) + 128
     with_extra = encode(Payload(stats, [np.zeros((2, 3), np.float32)]))
     assert payload_nbytes(with_extra) == payload_nbytes(arrays) + 4 * (3 + 6)  # shape (ndim, 2, 3) + values
 
