@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from flwr.client import ClientApp
@@ -68,7 +71,28 @@ def run_meta(s: RunSettings) -> dict[str, Any]:
         "dp": dataclasses.asdict(s.dp),
         "max_client_share": s.robust.max_client_share,
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "code": code_version(),
     }
+
+
+def code_version() -> dict[str, Any]:
+    """The code that produced a run: package versions, and the git commit when run from a checkout
+    (``git_dirty``: uncommitted changes to tracked files), so a results file names what to check out."""
+    versions: dict[str, Any] = {}
+    for package in ("fedvtc", "flwr", "torch", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):  # not a checkout, or no git: versions only
+        commit, dirty = None, None
+    return {**versions, "git_commit": commit, "git_dirty": dirty}
 
 
 def build_strategy(s: RunSettings) -> HeteroStrategy:

@@ -4,7 +4,8 @@
 rewrites ``results.json`` atomically after each round, so a run stopped midway keeps every round it
 finished. The file's layout:
 
-- ``meta``: what ran (algorithm, dataset, partition, zoo, clients, rounds, seed, evaluation set).
+- ``meta``: what ran (algorithm, dataset, partition, zoo, clients, rounds, seed, evaluation set) and
+  with what code (``code``: package versions and the git commit).
 - ``clients``: per client id, architecture, local train/test sizes and class counts.
 - ``rounds``: one entry per round: ``round``, ``global_accuracy`` (mean over clients),
   ``global_accuracy_std``, ``local_accuracy``, ``local_accuracy_std``, ``per_arch``,

@@ -51,6 +51,9 @@ def test_results_files_and_accuracy_beats_chance(debug_run: Path) -> None:
     assert results["meta"]["reference_classifier"]["global_test_accuracy"] > 0.5
     assert results["rounds"][0]["synthetic_accuracy"] is None
     assert 0.0 <= results["rounds"][1]["synthetic_accuracy"] <= 1.0
+    # What to check out to reproduce it: this is a git checkout, so the commit is named.
+    code = results["meta"]["code"]
+    assert code["torch"] and code["flwr"] and len(code["git_commit"] or "") == 40
 
 
 def test_sweep_runs_two_jobs_and_repeats_the_same_metrics(debug_run: Path, data_dir: Path, tmp_path: Path) -> None:
