@@ -125,6 +125,7 @@ def plot(groups: dict[Key, list[dict[str, Any]]], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     settings = sorted({(d, p) for _, d, p in groups})
     methods = sorted({m for m, _, _ in groups})
@@ -157,6 +158,7 @@ def plot(groups: dict[Key, list[dict[str, Any]]], out: Path) -> list[Path]:
                 color=colours[method], label=method)
     for ax in axes[0]:
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
         ax.set_ylabel("global-test accuracy (%), mean over clients and seeds")
     legend: dict[str, Any] = {}  # every method once, whichever panel it appears in
     for ax in axes[0]:
