@@ -180,13 +180,15 @@ def write_table(rows: list[dict[str, Any]], out: Path, cores: int) -> None:
 def add_growth(rows: list[dict[str, Any]]) -> None:
     """Add "time / linear": wall time per round over the fewest-clients Flower run's, divided by
     the ratio of clients (p = 64). Above 1, round time grows faster than linearly in clients."""
+    scaling = [r for r in rows if r["runtime"] == "flower" and r["p"] == 64]
+    base: dict[str, dict[str, Any]] = {}  # per dataset, its fewest-clients run
+    for r in sorted(scaling, key=lambda r: -r["clients"]):
+        base[r["dataset"]] = r
     for row in rows:
-        base = min((r for r in rows if r["dataset"] == row["dataset"] and r["runtime"] == "flower" and r["p"] == 64),
-                   key=lambda r: r["clients"], default=None)
-        same_kind = base is not None and row["runtime"] == "flower" and row["p"] == 64
+        b = base.get(row["dataset"])
         row["time / linear"] = (
-            round(row["wall_s_per_round"] / base["wall_s_per_round"] / (row["clients"] / base["clients"]), 3)
-            if same_kind else ""
+            round(row["wall_s_per_round"] / b["wall_s_per_round"] / (row["clients"] / b["clients"]), 3)
+            if row in scaling and b is not None else ""
         )
 
 
