@@ -20,12 +20,12 @@ from flwr.client import NumPyClient
 
 from fedvtc.config import RunSettings, resolve_device
 from fedvtc.data import ImageSet
-from fedvtc.federated_data import client_data, global_test_set
+from fedvtc.federated_data import client_data, global_test_set, validation_set
 from fedvtc.payload import Payload, decode, encode
 from fedvtc.profiling import PhaseTimer, current_rss_mb, peak_rss_mb
 from fedvtc.seeding import INIT, LOCAL_TRAIN, derive_seed, torch_generator
 from fedvtc.state import load_state, save_state, state_path
-from fedvtc.training import evaluate, train_local
+from fedvtc.training import evaluate, evaluate_groups, train_local
 from fedvtc.zoo import HeteroModel, create_model
 
 log = logging.getLogger("fedvtc")
@@ -149,19 +149,25 @@ class HeteroClient(NumPyClient):
         return encode(upload), len(self.train_data), metrics
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]):
+        batch = self.s.eval.batch_size
+        # "held": the classes in this client's training data; "missing": the others, what a
+        # generator of the pooled classes exists to teach it.
+        held = torch.unique(self.train_data.y)
+        metrics: dict[str, Any] = {"cid": self.cid, "arch": self.arch}
         with self.timer("evaluate"):
-            global_loss, global_acc = evaluate(
-                self.model, global_test_set(self.s), batch_size=self.s.eval.batch_size
-            )
-            _, local_acc = evaluate(self.model, self.test_data, batch_size=self.s.eval.batch_size)
-        metrics = {
-            "cid": self.cid,
-            "arch": self.arch,
-            "global_accuracy": global_acc,
-            "local_accuracy": local_acc,
-            "time_evaluate": round(self.timer.seconds["evaluate"], 4),
-        }
-        return float(global_loss), len(self.test_data), metrics
+            sets = {"global": global_test_set(self.s), "validation": validation_set(self.s)}
+            for name, data in sets.items():
+                if data is None:
+                    continue
+                result = evaluate_groups(self.model, data, held, batch_size=batch)
+                metrics[f"{name}_loss"] = result["loss"]
+                metrics[f"{name}_accuracy"] = result["accuracy"]
+                for group in ("held", "missing"):
+                    if group in result:
+                        metrics[f"{name}_accuracy_{group}"] = result[group]
+            _, metrics["local_accuracy"] = evaluate(self.model, self.test_data, batch_size=batch)
+        metrics["time_evaluate"] = round(self.timer.seconds["evaluate"], 4)
+        return float(metrics.pop("global_loss")), len(self.test_data), metrics
 
     # ---- state ----------------------------------------------------------------------------------
 

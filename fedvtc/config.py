@@ -53,6 +53,9 @@ class EvalSettings:
     batch_size: int = 512
     reference_model: str | None = "cnn_m"
     reference_epochs: int = 1
+    # Class-balanced validation images carved from the official training set before partitioning
+    # (0 = none): what readings and hyperparameters are chosen on, never the test set.
+    validation: int = 0
 
 
 @dataclass(frozen=True)

@@ -7,14 +7,14 @@ computes the same split without it ever being sent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from fedvtc.config import RunSettings
 from fedvtc.data import ImageSet, load_dataset
 from fedvtc.partition import class_counts, partition, split_local
-from fedvtc.seeding import EVAL_SUBSET, PARTITION, derive_seed, numpy_rng
+from fedvtc.seeding import EVAL_SUBSET, PARTITION, VALIDATION, derive_seed, numpy_rng
 
 
 @dataclass(frozen=True)
@@ -25,18 +25,49 @@ class FederatedSplit:
         train: per client, indices of its local training data.
         test: per client, indices of its local (held-out) test split.
         class_counts: (K, C) samples per class of each client's whole share.
+        validation: indices of the validation set (``eval.validation``; empty when off), disjoint
+            from every client's share and drawn before the training pool and the partition.
     """
 
     train: list[np.ndarray]
     test: list[np.ndarray]
     class_counts: np.ndarray
+    validation: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 _SPLITS: dict[tuple, FederatedSplit] = {}
 
 
 def _split_key(s: RunSettings) -> tuple:
-    return (s.dataset.name, s.data_dir, s.train_fraction, s.num_clients, s.partition, s.seed)
+    return (s.dataset.name, s.data_dir, s.train_fraction, s.num_clients, s.partition, s.seed, s.eval.validation)
+
+
+def validation_indices(labels: np.ndarray, size: int, num_classes: int) -> np.ndarray:
+    """A class-balanced validation set of ``size`` indices into ``labels`` (sorted).
+
+    ``size // num_classes`` images of every class (the remainder to the first classes), drawn with a
+    fixed seed that is not the run's: every algorithm and every seed is tuned on the same images.
+
+    Raises:
+        ValueError: when a class has fewer images than its share, or ``size`` leaves no training data.
+    """
+    if size <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if size >= len(labels):
+        raise ValueError(f"eval.validation={size} leaves no training images of the {len(labels)}; use fewer")
+    rng = numpy_rng(VALIDATION)
+    per_class = np.full(num_classes, size // num_classes)
+    per_class[: size % num_classes] += 1
+    chosen = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        if len(members) < per_class[c]:
+            raise ValueError(
+                f"eval.validation={size} needs {per_class[c]} images of class {c}, the training set has "
+                f"{len(members)}; use a smaller eval.validation"
+            )
+        chosen.append(rng.choice(members, per_class[c], replace=False))
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
 def federated_split(s: RunSettings) -> FederatedSplit:
@@ -45,10 +76,14 @@ def federated_split(s: RunSettings) -> FederatedSplit:
     if key not in _SPLITS:
         train, _ = load_dataset(s.dataset, s.data_dir)
         labels = train.y.numpy()
-        pool = np.arange(len(labels))
+        validation = validation_indices(labels, s.eval.validation, s.dataset.num_classes)
+        # Carved out first, so the pool (and every client's share) never holds a validation image.
+        pool = np.setdiff1d(np.arange(len(labels)), validation)
         if s.train_fraction < 1.0:
             rng = numpy_rng(s.seed, PARTITION, 1)
-            pool = np.sort(rng.choice(len(labels), int(round(s.train_fraction * len(labels))), replace=False))
+            # train_fraction is of the official training set, as without validation.
+            n = min(int(round(s.train_fraction * len(labels))), len(pool))
+            pool = np.sort(rng.choice(pool, n, replace=False))
         if s.num_clients > len(pool):
             raise ValueError(
                 f"num_clients={s.num_clients} exceeds the {len(pool)} training samples available; "
@@ -72,6 +107,7 @@ def federated_split(s: RunSettings) -> FederatedSplit:
             train=[tr for tr, _ in local],
             test=[te for _, te in local],
             class_counts=class_counts(labels, shares, s.dataset.num_classes),
+            validation=validation,
         )
     return _SPLITS[key]
 
@@ -83,6 +119,14 @@ def client_data(s: RunSettings, cid: int) -> tuple[ImageSet, ImageSet]:
     train, _ = load_dataset(s.dataset, s.data_dir)
     split = federated_split(s)
     return train.subset(split.train[cid]), train.subset(split.test[cid])
+
+
+def validation_set(s: RunSettings) -> ImageSet | None:
+    """The validation images (``eval.validation`` > 0), or None when the run has none."""
+    if s.eval.validation <= 0:
+        return None
+    train, _ = load_dataset(s.dataset, s.data_dir)
+    return train.subset(federated_split(s).validation)
 
 
 def global_test_set(s: RunSettings) -> ImageSet:

@@ -78,13 +78,15 @@ def synthetic_accuracy(
 ) -> dict[str, float]:
     """Fraction of synthetic images the reference labels with their intended class.
 
-    Returns ``synthetic_accuracy`` over all images and ``synthetic_accuracy_missing`` over the
-    classes absent from ``local_classes`` (NaN-free: omitted when the client holds every class).
+    Returns ``synthetic_accuracy`` over all images, ``synthetic_accuracy_held`` over the classes in
+    ``local_classes`` and ``synthetic_accuracy_missing`` over the others (NaN-free: a group with no
+    image is omitted, e.g. ``missing`` when the client holds every class).
     """
     predicted = torch.cat([reference(b).argmax(1) for b in images.split(512)])
     correct = (predicted == labels.to(predicted.device)).cpu()
     out = {"synthetic_accuracy": float(correct.float().mean())}
     missing = ~torch.isin(labels.cpu(), torch.as_tensor(local_classes))
-    if bool(missing.any()):
-        out["synthetic_accuracy_missing"] = float(correct[missing].float().mean())
+    for name, mask in (("held", ~missing), ("missing", missing)):
+        if bool(mask.any()):
+            out[f"synthetic_accuracy_{name}"] = float(correct[mask].float().mean())
     return out

@@ -9,6 +9,10 @@ finished. The file's layout:
 - ``clients``: per client id, architecture, local train/test sizes and class counts.
 - ``rounds``: one entry per round: ``round``, ``global_accuracy`` (mean over clients),
   ``global_accuracy_std``, ``local_accuracy``, ``local_accuracy_std``, ``per_arch``,
+  ``global_accuracy_held`` / ``global_accuracy_missing`` (the official test images of the classes
+  a client holds / lacks, mean over clients), ``validation_accuracy`` (+ ``_std``, ``_held``,
+  ``_missing``) on the validation set when ``eval.validation`` > 0, ``synthetic_accuracy`` (+
+  ``_held``, ``_missing``) for algorithms that make synthetic images,
   ``bytes_up``/``bytes_down`` (all clients together, payload bytes actually sent),
   ``bytes_up_per_client``/``bytes_down_per_client``, ``seconds`` (wall), ``phase_seconds`` (mean
   per client), ``peak_rss_mb`` (peak resident memory of a client process during its round's work,
@@ -41,6 +45,15 @@ MEASUREMENT_KEYS = frozenset({
     "client_eval_seconds_total", "peak_rss_mb", "base_rss_mb", "work_rss_mb", "peak_gpu_mb",
     "phase_peak_rss_mb", "phase_added_rss_mb", "phase_peak_gpu_mb",
 })
+# Evaluation figures besides global and local accuracy, each a mean over the clients that have it:
+# the official test set split by the classes a client holds / lacks, and the validation set
+# (eval.validation) whole and split the same way. A client holding every class has no "missing".
+GROUP_KEYS = (
+    "global_accuracy_held", "global_accuracy_missing",
+    "validation_accuracy", "validation_accuracy_held", "validation_accuracy_missing",
+)
+# The reference classifier's recognition of the synthetic images, overall and per group.
+SYNTHETIC_KEYS = ("synthetic_accuracy", "synthetic_accuracy_held", "synthetic_accuracy_missing")
 # Per-phase client metrics: seconds, peak RSS, RSS added, peak GPU memory.
 PHASE_PREFIXES = ("time_", "mem_", "memadd_", "gpu_")
 
@@ -148,6 +161,8 @@ class ResultsRecorder:
             "global_accuracy_std": None,
             "local_accuracy": None,
             "local_accuracy_std": None,
+            **dict.fromkeys(GROUP_KEYS),
+            "validation_accuracy_std": None,
             "per_arch": {},
             "bytes_up": bytes_up,
             "bytes_down": bytes_down,
@@ -173,8 +188,7 @@ class ResultsRecorder:
                 for m in sorted(fit_metrics, key=lambda m: int(m["cid"]))
             ],
             # Reference classifier's verdict on the synthetic images (mean over clients), if any.
-            "synthetic_accuracy": _mean_of(fit_metrics, "synthetic_accuracy"),
-            "synthetic_accuracy_missing": _mean_of(fit_metrics, "synthetic_accuracy_missing"),
+            **{key: _mean_of(fit_metrics, key) for key in SYNTHETIC_KEYS},
             # Differential privacy (dp.enabled): the largest epsilon any client has spent so far, at dp_delta.
             "dp_epsilon": _max_of(fit_metrics, "dp_epsilon"),
             "dp_delta": _max_of(fit_metrics, "dp_delta"),
@@ -193,6 +207,10 @@ class ResultsRecorder:
         loc = [float(m["local_accuracy"]) for m in client_metrics]
         entry["global_accuracy"], entry["global_accuracy_std"] = mean_std(g)
         entry["local_accuracy"], entry["local_accuracy_std"] = mean_std(loc)
+        for key in GROUP_KEYS:
+            entry[key] = _mean_of(client_metrics, key)
+        validation = [float(m["validation_accuracy"]) for m in client_metrics if "validation_accuracy" in m]
+        entry["validation_accuracy_std"] = mean_std(validation)[1] if validation else None
         by_arch: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for m in client_metrics:
             by_arch[str(m["arch"])].append(m)
@@ -212,6 +230,7 @@ class ResultsRecorder:
                 "arch": str(m["arch"]),
                 "global_accuracy": float(m["global_accuracy"]),
                 "local_accuracy": float(m["local_accuracy"]),
+                **{key: float(m[key]) for key in GROUP_KEYS if key in m},
             }
             for m in client_metrics
         ]
@@ -236,8 +255,14 @@ class ResultsRecorder:
         rejected = f" | rejected {len(e['rejected'])}" if e["rejected"] else ""
         if e.get("failures"):
             rejected += f" | failed {e['failures']}"
+        if e.get("global_accuracy_missing") is not None:
+            acc += f" | missing-class acc {e['global_accuracy_missing']:.4f}"
+        if e.get("validation_accuracy") is not None:
+            acc += f" | validation acc {e['validation_accuracy']:.4f}"
         if e.get("synthetic_accuracy") is not None:
             acc += f" | synthetic recognised {e['synthetic_accuracy']:.2f}"
+            if e.get("synthetic_accuracy_missing") is not None:
+                acc += f" (missing classes {e['synthetic_accuracy_missing']:.2f})"
         return (
             f"round {e['round']}/{self.num_rounds} | {acc} | up {_human_bytes(e['bytes_up'])} "
             f"down {_human_bytes(e['bytes_down'])} | {e['seconds']:.1f} s{rejected}"
@@ -260,13 +285,10 @@ class ResultsRecorder:
                 "global_accuracy": best["global_accuracy"],
                 "global_accuracy_std": best["global_accuracy_std"],
             },
-            "synthetic_accuracy": next(
-                (r["synthetic_accuracy"] for r in reversed(self.rounds) if r.get("synthetic_accuracy") is not None), None
-            ),
-            "synthetic_accuracy_missing": next(
-                (r["synthetic_accuracy_missing"] for r in reversed(self.rounds)
-                 if r.get("synthetic_accuracy_missing") is not None), None
-            ),
+            **{key: last.get(key) for key in (*GROUP_KEYS, "validation_accuracy_std")},
+            # The last round in which synthetic images were scored (not every round makes them).
+            **{key: next((r[key] for r in reversed(self.rounds) if r.get(key) is not None), None)
+               for key in SYNTHETIC_KEYS},
             "total_bytes_up": sum(r["bytes_up"] for r in self.rounds),
             "total_bytes_down": sum(r["bytes_down"] for r in self.rounds),
             "total_seconds": sum(r["seconds"] or 0.0 for r in self.rounds),

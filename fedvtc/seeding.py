@@ -16,6 +16,7 @@ CALIBRATION = 8  # CCVR: virtual features and the head calibration's batch order
 GENERATED_FEATURES = 9  # FedGen: labels and noise of the features a client trains its head on
 DP_NOISE = 10  # fedvtc.privacy.dp: the Gaussian noise on a client's class statistics
 PRIVACY_EVAL = 11  # fedvtc.privacy.leakage: the synthetic images and held-out subset it measures
+VALIDATION = 12  # fedvtc.federated_data: the validation images carved from the training set
 
 
 def derive_seed(*keys: int) -> int:

@@ -331,6 +331,43 @@ def feature_statistics(
     return class_statistics(features, data.y, full=full, means_only=means_only)
 
 
+def group_accuracies(correct: torch.Tensor, labels: torch.Tensor, held_classes: torch.Tensor) -> dict[str, float]:
+    """Accuracy on the images of the classes a client holds and on those of the classes it lacks.
+
+    Args:
+        correct: (n,) bool, whether each image was classified right.
+        labels: (n,) their true classes.
+        held_classes: the classes present in the client's training data.
+
+    Returns ``held`` and ``missing`` accuracies; a group with no image is omitted (e.g. ``missing``
+    for a client that holds every class), so no figure is ever a NaN.
+    """
+    held = torch.isin(labels, held_classes.to(labels.device))
+    out = {}
+    for name, mask in (("held", held), ("missing", ~held)):
+        if bool(mask.any()):
+            out[name] = float(correct[mask].float().mean())
+    return out
+
+
+@torch.no_grad()
+def evaluate_groups(
+    model: HeteroModel, data: ImageSet, held_classes: torch.Tensor, *, batch_size: int = 512
+) -> dict[str, float]:
+    """Loss and accuracy of ``model`` on ``data``, and the accuracy of each group (``group_accuracies``)."""
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum, correct = 0.0, []
+    for x, y in zip(data.x.split(batch_size), data.y.split(batch_size)):
+        logits = model(x.to(device))
+        loss_sum += float(F.cross_entropy(logits, y.to(device), reduction="sum"))
+        correct.append((logits.argmax(dim=1).cpu() == y))
+    hits = torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
+    n = max(len(data), 1)
+    return {"loss": loss_sum / n, "accuracy": float(hits.sum()) / n,
+            **group_accuracies(hits, data.y, held_classes)}
+
+
 @torch.no_grad()
 def evaluate(model: HeteroModel, data: ImageSet, *, batch_size: int = 512) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on ``data`` (batched, eval mode)."""

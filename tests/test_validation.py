@@ -1,0 +1,123 @@
+"""The validation protocol and the per-group accuracies (held / missing classes).
+
+The validation set is carved from the official training set before the training pool and the
+partition are drawn: disjoint from every client's data and from the test set, class-balanced, and
+the same images whatever the algorithm or seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedvtc.config import build_settings
+from fedvtc.federated_data import _SPLITS, federated_split, validation_indices, validation_set
+from fedvtc.reference import synthetic_accuracy
+from fedvtc.results import ResultsRecorder
+from fedvtc.training import group_accuracies
+from tests.helpers import TINY_RUN, compose_config
+
+
+def _settings(tmp_path: Path, data_dir: Path, *overrides: str):
+    cfg = compose_config([*TINY_RUN, f"data_dir={data_dir}", *overrides])
+    return build_settings(cfg, output_dir=tmp_path)
+
+
+def test_validation_indices_are_class_balanced_and_seed_free() -> None:
+    labels = np.repeat(np.arange(10), 100)
+    np.random.default_rng(0).shuffle(labels)
+    idx = validation_indices(labels, 205, 10)
+    counts = np.bincount(labels[idx], minlength=10)
+    assert counts.tolist() == [21] * 5 + [20] * 5  # the remainder goes to the first classes
+    assert len(np.unique(idx)) == 205
+    assert np.array_equal(idx, validation_indices(labels, 205, 10))  # fixed, whatever runs it
+    assert len(validation_indices(labels, 0, 10)) == 0
+
+
+def test_validation_indices_refuse_what_cannot_be_drawn() -> None:
+    labels = np.array([0] * 50 + [1] * 3)
+    with pytest.raises(ValueError, match="class 1"):
+        validation_indices(labels, 20, 2)
+    with pytest.raises(ValueError, match="no training images"):
+        validation_indices(labels, 53, 2)
+
+
+def test_validation_split_is_disjoint_and_shared_by_every_algorithm_and_seed(tmp_path: Path, data_dir: Path) -> None:
+    _SPLITS.clear()
+    runs = [
+        _settings(tmp_path, data_dir, "eval.validation=500", f"seed={seed}", f"algorithm={algorithm}")
+        for seed, algorithm in ((0, "fedvtc"), (1, "fedvtc"), (0, "fedproto"))
+    ]
+    splits = [federated_split(s) for s in runs]
+    for split in splits:
+        assert np.array_equal(split.validation, splits[0].validation)
+        clients = np.concatenate(split.train + split.test)
+        assert len(np.intersect1d(clients, split.validation)) == 0
+    val = validation_set(runs[0])
+    assert len(val) == 500
+    assert np.bincount(val.y.numpy(), minlength=10).tolist() == [50] * 10
+    # The test set is another file altogether; the validation images are training images.
+    from fedvtc.data import load_dataset
+
+    train, _ = load_dataset(runs[0].dataset, runs[0].data_dir)
+    assert torch.equal(val.x, train.x[torch.as_tensor(splits[0].validation)])
+
+
+def test_no_validation_leaves_the_split_as_it_was(tmp_path: Path, data_dir: Path) -> None:
+    """eval.validation=0 draws exactly the pool and partition of a run made before it existed."""
+    _SPLITS.clear()
+    s = _settings(tmp_path, data_dir)
+    split = federated_split(s)
+    assert validation_set(s) is None and len(split.validation) == 0
+    from fedvtc.data import load_dataset
+    from fedvtc.seeding import PARTITION, numpy_rng
+
+    train, _ = load_dataset(s.dataset, s.data_dir)
+    n = len(train)
+    expected_pool = np.sort(numpy_rng(s.seed, PARTITION, 1).choice(n, int(round(s.train_fraction * n)), replace=False))
+    assert np.array_equal(np.sort(np.concatenate(split.train + split.test)), expected_pool)
+
+
+def test_group_accuracies_on_a_hand_built_case() -> None:
+    labels = torch.tensor([0, 0, 1, 2, 2, 3])
+    correct = torch.tensor([True, False, True, False, False, True])
+    out = group_accuracies(correct, labels, held_classes=torch.tensor([0, 1]))
+    assert out == {"held": pytest.approx(2 / 3), "missing": pytest.approx(1 / 3)}
+    # A client holding every class has no missing group (omitted, never NaN).
+    assert group_accuracies(correct, labels, torch.arange(4)) == {"held": pytest.approx(0.5)}
+
+
+def test_synthetic_accuracy_per_group() -> None:
+    class Fixed(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # predicts the class written in pixel 0
+            return torch.nn.functional.one_hot(x[:, 0, 0, 0].long(), 3).float()
+
+    labels = torch.tensor([0, 0, 1, 2])
+    images = torch.zeros(4, 1, 2, 2)
+    images[:, 0, 0, 0] = torch.tensor([0.0, 1.0, 1.0, 0.0])  # right, wrong, right, wrong
+    out = synthetic_accuracy(Fixed(), images, labels, np.array([0]))
+    assert out["synthetic_accuracy"] == pytest.approx(0.5)
+    assert out["synthetic_accuracy_held"] == pytest.approx(0.5)
+    assert out["synthetic_accuracy_missing"] == pytest.approx(0.5)
+
+
+def test_recorder_means_groups_over_the_clients_that_have_them(tmp_path: Path) -> None:
+    recorder = ResultsRecorder(tmp_path, meta={}, clients=[], num_rounds=1)
+    recorder.record_fit(1, bytes_up=0, bytes_down=0, array_bytes_up=0, array_bytes_down=0, clients_sent=2,
+                        fit_metrics=[], rejected=[], failures=0, server_seconds=0.0)
+    recorder.record_eval(1, [
+        {"cid": 0, "arch": "a", "global_accuracy": 0.5, "local_accuracy": 0.9, "global_accuracy_held": 0.9,
+         "global_accuracy_missing": 0.1, "validation_accuracy": 0.4},
+        {"cid": 1, "arch": "a", "global_accuracy": 0.7, "local_accuracy": 0.8, "global_accuracy_held": 0.7,
+         "validation_accuracy": 0.6},  # holds every class: no missing group
+    ])
+    recorder.end_round(1, 1.0)
+    final = recorder.final
+    assert final["global_accuracy_held"] == pytest.approx(0.8)
+    assert final["global_accuracy_missing"] == pytest.approx(0.1)
+    assert final["validation_accuracy"] == pytest.approx(0.5)
+    assert final["validation_accuracy_std"] == pytest.approx(0.1)
+    assert "missing-class acc 0.1000" in recorder.round_line(recorder.rounds[0])
