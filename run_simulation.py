@@ -4,6 +4,7 @@
     python run_simulation.py dataset=cifar10 num_rounds=3     # any override
     python run_simulation.py experiment=debug                 # a preset from conf/experiment/
     python run_simulation.py -m partition.alpha=0.1,1.0 seed=0,1   # a sweep, one job per cell
+    python run_simulation.py -m hydra.sweep.dir=multirun/mine seed=0,1,2   # again: only unfinished cells run
     python run_simulation.py resume=outputs/<date>/<time>     # continue a run from its checkpoint
 
 Results go to Hydra's output directory (``hydra.run.dir=...`` to choose it): ``results.json``,
@@ -17,6 +18,7 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fedvtc.apps import set_quiet_env
@@ -34,6 +36,14 @@ def main(cfg: DictConfig) -> float | None:
     hydra_config = HydraConfig.get()
     output_dir = hydra_config.runtime.output_dir
     _quiet_flower(verbose=bool(cfg.get("verbose", False)))
+    if hydra_config.mode == RunMode.MULTIRUN and cfg.get("skip_finished", True):
+        from fedvtc.config import to_container
+        from fedvtc.sweep import finished_cell
+
+        done = finished_cell(hydra_config.sweep.dir, to_container(cfg))
+        if done is not None:  # a sweep started again: this cell has its results already
+            log.info("  its results: %s (same resolved config); not run again", done)
+            return _final_accuracy(done)
     try:
         settings = prepare_run(cfg, output_dir, overrides=list(hydra_config.overrides.task))
     except RunError as error:
@@ -47,6 +57,14 @@ def main(cfg: DictConfig) -> float | None:
         print(str(stop), file=sys.stderr)
         raise SystemExit(3) from None
     return None if final is None else final.get("global_accuracy")
+
+
+def _final_accuracy(run_dir) -> float | None:
+    import json
+    from pathlib import Path
+
+    final = json.loads((Path(run_dir) / "results.json").read_text()).get("final") or {}
+    return final.get("global_accuracy")
 
 
 def _quiet_flower(*, verbose: bool) -> None:

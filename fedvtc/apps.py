@@ -20,7 +20,7 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 
 from fedvtc.algorithms import get_algorithm
 from fedvtc.checkpoint import attach as attach_checkpoints
-from fedvtc.config import RunSettings, resolve_device
+from fedvtc.settings import RunSettings, resolve_device
 from fedvtc.data import load_dataset
 from fedvtc.federated_data import federated_split, global_test_set
 from fedvtc.reference import save_reference, train_reference

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fedvtc.config import RunSettings, resolve_device
+from fedvtc.settings import RunSettings, resolve_device
 from fedvtc.reference import REFERENCE_FILE
 from fedvtc.state import state_path
 

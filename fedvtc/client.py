@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from flwr.client import NumPyClient
 
-from fedvtc.config import RunSettings, resolve_device
+from fedvtc.settings import RunSettings, resolve_device
 from fedvtc.data import ImageSet
 from fedvtc.federated_data import client_data, global_test_set, validation_set
 from fedvtc.payload import Payload, decode, encode

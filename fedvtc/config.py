@@ -1,214 +1,41 @@
 """From the composed Hydra config to typed, validated settings.
 
 The configuration is composed once at the entry point (``run_simulation.py`` or the Flower apps)
-and turned into the frozen dataclasses below by ``build_settings``; nothing further down takes a
-``DictConfig``. ``build_settings`` checks every value it can without touching data and raises
-``ConfigError`` with the key, the bad value and what to change, before any training starts.
+and turned into the frozen dataclasses of ``fedvtc.settings`` by ``build_settings``; nothing further
+down takes a ``DictConfig``. ``build_settings`` checks every key's type (``dataclass_from_mapping``)
+and every value it can without touching data, and raises ``ConfigError`` with the key, the bad
+value and what to change, before any training starts.
+
+Imports go one way: ``fedvtc.settings`` <- ``fedvtc.algorithms`` <- this module.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import MISSING, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from fedvtc.algorithms import algorithm_settings
 from fedvtc.data import DatasetSpec
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message says which and how to fix it."""
-
-
-@dataclass(frozen=True)
-class PartitionSettings:
-    """How the training set is split among clients (see ``fedvtc.partition``)."""
-
-    scheme: str = "dirichlet"
-    alpha: float = 0.1
-    classes_per_client: int = 2
-    min_size: int = 10
-    test_fraction: float = 0.2
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Local training of each client's own model."""
-
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 32
-    local_epochs: int = 1
-    grad_clip: float = 10.0
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    every: int = 1
-    global_subset: int = 0
-    batch_size: int = 512
-    reference_model: str | None = "cnn_m"
-    reference_epochs: int = 1
-    # Class-balanced validation images carved from the official training set before partitioning
-    # (0 = none): what readings and hyperparameters are chosen on, never the test set.
-    validation: int = 0
-
-
-@dataclass(frozen=True)
-class SimulationSettings:
-    backend: str = "ray"
-    num_cpus_per_client: float = 1
-    num_gpus_per_client: float = 0.0
-    threads_per_client: int = 1
-    fraction_fit: float = 1.0
-    min_fit_fraction: float = 0.5
-    round_timeout: float | None = None
-    state_dir: str | None = None
-
-
-@dataclass(frozen=True)
-class OutputSettings:
-    synthetic_grid_clients: tuple[int, ...] = (0, 1, 2)
-    synthetic_grid_per_class: int = 8
-
-
-@dataclass(frozen=True)
-class FaultSettings:
-    """Injected failures: every client in ``clients`` raises in the fit of every round in ``rounds``."""
-
-    clients: tuple[int, ...] = ()
-    rounds: tuple[int, ...] = ()
-    # End the run after this round (and its checkpoint, if one is due) as a crash would; null = never.
-    stop_after_round: int | None = None
-
-    def fails(self, cid: int, server_round: int) -> bool:
-        return cid in self.clients and server_round in self.rounds
-
-
-@dataclass(frozen=True)
-class RobustSettings:
-    """Server-side bounds on what one client can shift (see ``fedvtc.stats.cap_weights``)."""
-
-    # Largest share of a class's pooling weight any one client may have (null = no cap).
-    max_client_share: float | None = None
-
-
-@dataclass(frozen=True)
-class DPSettings:
-    """Differential privacy of the shared class statistics (``fedvtc.privacy.dp``).
-
-    When enabled, each client clips every feature vector to L2 norm ``clip``, adds Gaussian noise
-    to its per-class sums, counts and second moments, and reports the epsilon it has spent at
-    ``delta`` (PLD accountant of ``dp_accounting``). Give exactly one of ``noise_multiplier`` and
-    ``target_epsilon``.
-    """
-
-    enabled: bool = False
-    # L2 bound C on each feature vector before it enters the statistics.
-    clip: float = 5.0
-    # z: noise std over sensitivity of each released part (sums z*C, counts z, squares z*C^2).
-    noise_multiplier: float | None = None
-    # Or: the epsilon each client may spend over num_rounds; z is calibrated to it.
-    target_epsilon: float | None = None
-    delta: float = 1e-5
-    # A class is sent only when its noisy count is >= max(1, count_threshold * z).
-    count_threshold: float = 3.0
-
-
-@dataclass(frozen=True)
-class PrivacyEvalSettings:
-    """What the synthetic images reveal about a client's training data (``fedvtc.privacy.leakage``).
-
-    After the last round, for each client in ``clients``: its VTC synthesizes ``per_class`` images
-    of every pooled class; each is matched to its nearest real training image of the client, and
-    the distances (and SSIM/PSNR) are compared with those of up to ``heldout`` images of the
-    client's local test split, which neither its model nor its VTC ever trained on.
-    """
-
-    # Client ids to evaluate (FedVTC runs only; [] = off).
-    clients: tuple[int, ...] = ()
-    # Synthetic images drawn per pooled class.
-    per_class: int = 50
-    # Cap on the held-out reference images (a seeded random subset of the local test split); 0 = all.
-    heldout: int = 1000
-    # Synthetic/training image pairs shown in the figure (the closest ones); 0 = histogram only.
-    plot_pairs: int = 8
-
-
-@dataclass(frozen=True)
-class CheckpointSettings:
-    """Saving the server's and every client's state every N rounds (``fedvtc.checkpoint``)."""
-
-    # Save after every N-th round (not after the last one), under <output dir>/checkpoint; 0 = never.
-    every: int = 0
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """Everything one run needs, already validated. Algorithm settings live in ``algorithm``."""
-
-    seed: int
-    num_clients: int
-    num_rounds: int
-    data_dir: str
-    train_fraction: float
-    device: str
-    dataset: DatasetSpec
-    partition: PartitionSettings
-    zoo_name: str
-    models: tuple[str, ...]
-    feature_dim: int
-    algorithm_name: str
-    # What the results call this run's method: ``algorithm.label`` (an ablation or control's name,
-    # e.g. fedvtc_no_dm), else the algorithm's name.
-    algorithm_label: str
-    algorithm: Any  # the algorithm's own frozen settings dataclass
-    train: TrainSettings
-    eval: EvalSettings
-    simulation: SimulationSettings
-    output: OutputSettings
-    faults: FaultSettings
-    robust: RobustSettings
-    dp: DPSettings
-    privacy_eval: PrivacyEvalSettings
-    checkpoint: CheckpointSettings
-    # A run directory to continue from its last checkpoint (null = a new run).
-    resume: str | None
-    output_dir: str
-    state_dir: str
-
-    def model_name(self, cid: int) -> str:
-        """Client ``cid`` gets model ``cid mod n`` of the zoo."""
-        return self.models[cid % len(self.models)]
-
-
-def dataclass_from_mapping(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, recursing into dataclass-typed fields.
-
-    Unknown keys raise ``ConfigError`` naming ``where`` (e.g. ``algorithm``) and the valid keys;
-    missing keys take the dataclass default. Lists become tuples so settings stay hashable.
-    """
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
-    kwargs = {}
-    for name, value in values.items():
-        default = known[name].default
-        sub = type(default) if is_dataclass(default) else None
-        if sub is None and known[name].default_factory is not MISSING:
-            made = known[name].default_factory()
-            sub = type(made) if is_dataclass(made) else None
-        if sub is not None and isinstance(value, Mapping):
-            value = dataclass_from_mapping(sub, value, f"{where}.{name}")
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[name] = value
-    return cls(**kwargs)
+from fedvtc.settings import (
+    CheckpointSettings,
+    ConfigError,
+    DPSettings,
+    EvalSettings,
+    FaultSettings,
+    OutputSettings,
+    PartitionSettings,
+    PrivacyEvalSettings,
+    RobustSettings,
+    RunSettings,
+    SimulationSettings,
+    TrainSettings,
+    dataclass_from_mapping,
+    resolve_device,
+    typed_value,
+)
 
 
 def to_container(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -228,7 +55,6 @@ def build_settings(cfg: DictConfig | Mapping[str, Any], *, output_dir: str | os.
     Raises:
         ConfigError: for the first value that cannot work, with what to change.
     """
-    from fedvtc.algorithms import algorithm_settings  # late: algorithms import this module
     from fedvtc.zoo import list_models
 
     c = to_container(cfg)
@@ -266,17 +92,17 @@ def build_settings(cfg: DictConfig | Mapping[str, Any], *, output_dir: str | os.
     output_dir = str(Path(output_dir).resolve())
     state_dir = simulation.state_dir or str(Path(output_dir) / "client_state")
     settings = RunSettings(
-        seed=int(c.get("seed", 0)),
-        num_clients=int(c.get("num_clients", 10)),
-        num_rounds=int(c.get("num_rounds", 1)),
+        seed=typed_value(c.get("seed", 0), int, "seed"),
+        num_clients=typed_value(c.get("num_clients", 10), int, "num_clients"),
+        num_rounds=typed_value(c.get("num_rounds", 1), int, "num_rounds"),
         data_dir=str(Path(str(c.get("data_dir", "./data"))).expanduser().resolve()),
-        train_fraction=float(c.get("train_fraction", 1.0)),
-        device=str(c.get("device", "auto")),
+        train_fraction=typed_value(c.get("train_fraction", 1.0), float, "train_fraction"),
+        device=typed_value(c.get("device", "auto"), str, "device"),
         dataset=dataset,
         partition=partition,
         zoo_name=str(zoo.get("name", "custom")),
         models=models,
-        feature_dim=int(zoo.get("feature_dim", 64)),
+        feature_dim=typed_value(zoo.get("feature_dim", 64), int, "zoo.feature_dim"),
         algorithm_name=algorithm_name,
         algorithm_label=algorithm_label,
         algorithm=algorithm,
@@ -435,15 +261,6 @@ def _check_values(s: RunSettings) -> None:
     check = getattr(s.algorithm, "check", None)
     if check is not None:
         check(s)
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 __all__ = [

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedvtc.config import RunSettings
+from fedvtc.settings import RunSettings
 from fedvtc.data import ImageSet, load_dataset
 from fedvtc.partition import class_counts, partition, split_local
 from fedvtc.seeding import EVAL_SUBSET, PARTITION, VALIDATION, derive_seed, numpy_rng

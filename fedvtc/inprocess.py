@@ -26,7 +26,7 @@ from flwr.server.client_proxy import ClientProxy
 
 from fedvtc.algorithms import get_algorithm
 from fedvtc.apps import build_strategy
-from fedvtc.config import RunSettings
+from fedvtc.settings import RunSettings
 
 _OK = Status(Code.OK, "")
 

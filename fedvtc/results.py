@@ -184,7 +184,7 @@ class ResultsRecorder:
             "client_fit": [
                 {k: v for k, v in m.items()
                  if k in ("cid", "arch", "seconds", "peak_rss_mb", "base_rss_mb", "work_rss_mb", "peak_gpu_mb")
-                 or k.startswith((*PHASE_PREFIXES, "synthetic_", "dp_"))}
+                 or k.startswith((*PHASE_PREFIXES, "synthetic_", "dp_", "vtc_"))}
                 for m in sorted(fit_metrics, key=lambda m: int(m["cid"]))
             ],
             # Reference classifier's verdict on the synthetic images (mean over clients), if any.
@@ -263,9 +263,13 @@ class ResultsRecorder:
             acc += f" | synthetic recognised {e['synthetic_accuracy']:.2f}"
             if e.get("synthetic_accuracy_missing") is not None:
                 acc += f" (missing classes {e['synthetic_accuracy_missing']:.2f})"
+        left = self.num_rounds - e["round"]
+        # The time left at the pace of the rounds after the first (round 1 also starts the runtime).
+        paced = [r["seconds"] for r in self.rounds if r["round"] > 1 and r.get("seconds") is not None]
+        eta = f" | about {left * statistics.fmean(paced) / 60:.1f} min left" if left and paced else ""
         return (
             f"round {e['round']}/{self.num_rounds} | {acc} | up {_human_bytes(e['bytes_up'])} "
-            f"down {_human_bytes(e['bytes_down'])} | {e['seconds']:.1f} s{rejected}"
+            f"down {_human_bytes(e['bytes_down'])} | {e['seconds']:.1f} s{rejected}{eta}"
         )
 
     def finish(self) -> None:

@@ -4,7 +4,7 @@ from flwr.common import Context
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 
 from fedvtc.apps import build_strategy, set_quiet_env
-from fedvtc.config import ConfigError
+from fedvtc.settings import ConfigError
 from fedvtc.flwr_config import settings_from_context
 
 set_quiet_env()

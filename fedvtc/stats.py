@@ -223,6 +223,7 @@ def sample_latents(
     generator: torch.Generator | None = None,
     variance_floor: float = 1e-4,
     shrinkage: float = 0.1,
+    scale: float = 1.0,
 ) -> torch.Tensor:
     """Draw one latent per entry of ``labels`` from its class Gaussian.
 
@@ -236,10 +237,14 @@ def sample_latents(
         shrinkage: for full covariances, weight of the diagonal target in
             (1 - s) * Sigma + s * diag(Sigma); makes the Cholesky factor exist when Sigma is
             estimated from fewer samples than dimensions.
+        scale: multiplies every draw's deviation from its class mean (1 = the Gaussian itself; 0 =
+            the means alone): how diverse the latents of one class are.
     """
     mu = means[labels]
     # Drawn on the CPU (where the generator lives) and moved: the same numbers on every device.
     noise = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
+    if scale != 1.0:
+        noise = noise * scale
     if second.dim() == 2:
         return mu + noise * second[labels].clamp_min(variance_floor).sqrt()
     factors = cholesky_factors(second, variance_floor=variance_floor, shrinkage=shrinkage)

@@ -168,6 +168,9 @@ def train_local(
     return total / max(seen, 1)
 
 
+DM_SPACES = ("features", "logits")
+
+
 def train_vtc(
     vtc: nn.Module,
     model: HeteroModel,
@@ -181,18 +184,30 @@ def train_vtc(
     dm_weight: float,
     dm_per_class: int,
     grad_clip: float = 0.0,
+    dm_space: str = "features",
+    encoder_optimizer: torch.optim.Optimizer | None = None,
+    encoder_weight: float = 1.0,
 ) -> dict[str, float]:
     """Train the VTC with the classifier frozen: reconstruction + dm_weight * distribution matching.
 
     Reconstruction: z = g(x), v = z + sigma_y * eps, loss ||vtc(v) - x||^2, with sigma_y the global
     standard deviation of the sample's class. Distribution matching: ``dm_per_class`` latents from
-    every global class Gaussian, decoded, re-encoded by the frozen g, matched to (c^y, sigma_y).
+    every global class Gaussian, decoded, re-encoded by the frozen g, and either their per-class
+    feature mean and std matched to (c^y, sigma_y) (``dm_space="features"``) or the frozen
+    classifier's cross-entropy on them (``"logits"``: the decoded image must be classified as y).
+
+    With ``encoder_optimizer`` (the VAE reading, METHOD.md §3) the reconstruction loss, weighted by
+    ``encoder_weight``, also trains the extractor g as the encoder, one step of that optimizer per
+    VTC step; the DM term never reaches g (it would let g chase the decoder's images).
 
     Returns the mean reconstruction and DM losses over the steps.
     """
+    if dm_space not in DM_SPACES:
+        raise ValueError(f"dm_space must be one of {DM_SPACES}, got {dm_space!r}")
     device = next(vtc.parameters()).device
     model.eval()  # frozen: BatchNorm uses its running statistics and is not updated
     model.requires_grad_(False)
+    encoder_params = [p for p in model.extractor.parameters()] if encoder_optimizer is not None else []
     vtc.train()
     params = [p for p in vtc.parameters()]
     stds = target.variances.sqrt()
@@ -205,17 +220,38 @@ def train_vtc(
                 if done == steps:
                     break
                 x, y = data.x[idx].to(device), data.y[idx].to(device)
-                with torch.no_grad():
+                # The encoder takes part only in the reconstruction: it is frozen again before the
+                # DM forward, so autograd gives it no gradient from that term.
+                model.extractor.requires_grad_(encoder_optimizer is not None)
+                with torch.set_grad_enabled(encoder_optimizer is not None):
                     z = model.forward_features(x)
+                model.extractor.requires_grad_(False)
                 noise = torch.randn(z.shape, generator=generator).to(device)
                 rec = F.mse_loss(vtc(z + noise * stds[y]), x)
                 loss = rec
                 if dm_weight > 0 and len(dm_labels) > 0:
                     latents = sample_latents(target.means, target.second, dm_labels, generator=generator)
-                    dm = dm_loss(model.forward_features(vtc(latents)), dm_labels, target.means, stds)
+                    features = model.forward_features(vtc(latents))
+                    if dm_space == "features":
+                        dm = dm_loss(features, dm_labels, target.means, stds)
+                    else:
+                        dm = F.cross_entropy(model.head(features), dm_labels)
                     loss = loss + dm_weight * dm
                     dm_sum += float(dm.detach())
-                _step(optimizer, loss, params, grad_clip)
+                if encoder_optimizer is None:
+                    _step(optimizer, loss, params, grad_clip)
+                else:
+                    optimizer.zero_grad(set_to_none=True)
+                    encoder_optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    for p in encoder_params:
+                        if p.grad is not None:
+                            p.grad.mul_(encoder_weight)
+                    if grad_clip > 0:
+                        nn.utils.clip_grad_norm_(params, grad_clip)
+                        nn.utils.clip_grad_norm_(encoder_params, grad_clip)
+                    optimizer.step()
+                    encoder_optimizer.step()
                 rec_sum += float(rec.detach())
                 done += 1
     finally:
@@ -231,11 +267,15 @@ def synthesize(
     per_class: int,
     generator: torch.Generator,
     batch_size: int = 512,
+    noise_scale: float = 1.0,
 ) -> ImageSet:
-    """``per_class`` labelled synthetic images of every global class, decoded in eval mode."""
+    """``per_class`` labelled synthetic images of every global class, decoded in eval mode.
+
+    ``noise_scale`` scales each latent's deviation from its class mean (``sample_latents``).
+    """
     vtc.eval()
     labels = target.classes.repeat_interleave(per_class)
-    latents = sample_latents(target.means, target.second, labels, generator=generator)
+    latents = sample_latents(target.means, target.second, labels, generator=generator, scale=noise_scale)
     images = torch.cat([vtc(chunk) for chunk in latents.split(batch_size)]) if len(labels) else None
     if images is None:
         raise ValueError("no global classes to synthesize")

@@ -17,6 +17,7 @@ from fedvtc.algorithms.fedtgp import FedTGPClient, FedTGPSettings, FedTGPStrateg
 from fedvtc.algorithms.fedtype import FedTypeClient, FedTypeSettings, FedTypeStrategy
 from fedvtc.algorithms.fedvtc import FedVTCClient, FedVTCSettings, FedVTCStrategy
 from fedvtc.algorithms.local import LocalClient, LocalSettings, LocalStrategy
+from fedvtc.settings import ConfigError, dataclass_from_mapping
 
 
 @dataclass(frozen=True)
@@ -42,14 +43,10 @@ ALGORITHMS: dict[str, Algorithm] = {
 
 def get_algorithm(name: str) -> Algorithm:
     if name not in ALGORITHMS:
-        from fedvtc.config import ConfigError
-
         raise ConfigError(f"unknown algorithm '{name}'; available: {sorted(ALGORITHMS)}")
     return ALGORITHMS[name]
 
 
 def algorithm_settings(name: str, values: Mapping[str, Any]) -> Any:
     """The algorithm's settings dataclass built from its config group (minus ``name``)."""
-    from fedvtc.config import dataclass_from_mapping
-
     return dataclass_from_mapping(get_algorithm(name).settings, values, "algorithm")

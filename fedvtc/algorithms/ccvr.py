@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from fedvtc.client import HeteroClient, make_optimizer
-from fedvtc.config import ConfigError, RunSettings
+from fedvtc.settings import ConfigError, RunSettings
 from fedvtc.payload import Payload, PayloadError
 from fedvtc.seeding import CALIBRATION, torch_generator
 from fedvtc.stats import ClassStats, pool_statistics, sample_latents

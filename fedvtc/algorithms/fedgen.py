@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from fedvtc.averaging import weighted_average
 from fedvtc.client import HeteroClient
-from fedvtc.config import ConfigError, RunSettings
+from fedvtc.settings import ConfigError, RunSettings
 from fedvtc.losses import diversity_loss, ensemble_cross_entropy
 from fedvtc.payload import Payload, PayloadError, decode
 from fedvtc.seeding import GENERATED_FEATURES, INIT, SERVER, derive_seed, torch_generator

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from fedvtc.client import HeteroClient
-from fedvtc.config import ConfigError, RunSettings
+from fedvtc.settings import ConfigError, RunSettings
 from fedvtc.losses import prototype_loss
 from fedvtc.payload import Payload, PayloadError
 from fedvtc.stats import ClassStats, pool_statistics

@@ -30,7 +30,7 @@ from torch import nn
 
 from fedvtc.algorithms.fedproto import FedProtoClient, FedProtoStrategy, check_proto_weight
 from fedvtc.client import make_optimizer
-from fedvtc.config import ConfigError, RunSettings
+from fedvtc.settings import ConfigError, RunSettings
 from fedvtc.losses import euclidean_distances, margin_prototype_loss
 from fedvtc.payload import Payload
 from fedvtc.seeding import INIT, SERVER, derive_seed, torch_generator

@@ -26,7 +26,7 @@ import torch
 
 from fedvtc.averaging import weighted_average
 from fedvtc.client import HeteroClient, make_optimizer
-from fedvtc.config import ConfigError, RunSettings
+from fedvtc.settings import ConfigError, RunSettings
 from fedvtc.losses import conformal_threshold
 from fedvtc.payload import Payload, PayloadError, decode
 from fedvtc.seeding import INIT, LOCAL_TRAIN, derive_seed, torch_generator

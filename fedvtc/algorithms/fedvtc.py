@@ -9,6 +9,7 @@ See METHOD.md §2-4 and ``conf/algorithm/fedvtc.yaml`` for every option.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,7 +19,7 @@ import torch
 
 from fedvtc.averaging import weighted_average
 from fedvtc.client import HeteroClient
-from fedvtc.config import ConfigError, RunSettings
+from fedvtc.settings import ConfigError, RunSettings
 from fedvtc.data import ImageSet
 from fedvtc.payload import Payload, PayloadError, decode
 from fedvtc.plots import save_class_grid
@@ -33,6 +34,7 @@ from fedvtc.training import (
     extract_features,
     feature_statistics,
     finetune,
+    DM_SPACES,
     synthesize,
     train_vtc,
 )
@@ -46,16 +48,35 @@ FINETUNE_DATA = ("mix", "synthetic", "real")
 class VTCSettings:
     width: int = 16
     steps: int = 60
+    # When set, the budget scales with the data instead: this many passes over the local training
+    # set (in VTC batches) per round, and ``steps`` is ignored.
+    epochs: float | None = None
     lr: float = 1e-3
     batch_size: int = 32
     dm_weight: float = 1.0
     dm_per_class: int = 4
+    dm_space: str = "features"
     grad_clip: float = 10.0
+    # First round in which VTC training, synthesis and fine-tuning run (2 = as soon as pooled
+    # statistics exist); later rounds let the feature spaces align first.
+    start_round: int = 2
+    # The VAE reading: the reconstruction loss also trains the extractor as the encoder.
+    train_encoder: bool = False
+    encoder_weight: float = 1.0
+
+    def steps_for(self, num_samples: int) -> int:
+        """VTC steps this round for a local training set of ``num_samples`` images."""
+        if self.epochs is None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * math.ceil(num_samples / self.batch_size)))
 
 
 @dataclass(frozen=True)
 class SynthesisSettings:
     per_class: int = 50
+    # Scale of each latent's deviation from its class mean (1 = the pooled Gaussian; smaller =
+    # less diverse images of one class).
+    noise_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +109,7 @@ class FedVTCSettings:
             "kl_reduction": (self.kl_reduction, ("sum", "mean")),
             "finetune.data": (self.finetune.data, FINETUNE_DATA),
             "finetune.scope": (self.finetune.scope, ("full", "head")),
+            "vtc.dm_space": (self.vtc.dm_space, DM_SPACES),
         }
         for key, (value, allowed) in choices.items():
             if value not in allowed:
@@ -105,6 +127,14 @@ class FedVTCSettings:
             raise ConfigError("algorithm.synthesis.per_class must be >= 1; vtc.steps, finetune.epochs >= 0")
         if not 0 <= self.shrinkage <= 1:
             raise ConfigError(f"algorithm.shrinkage must be in [0, 1], got {self.shrinkage}")
+        if self.vtc.epochs is not None and not self.vtc.epochs > 0:
+            raise ConfigError(f"algorithm.vtc.epochs must be null (use vtc.steps) or > 0, got {self.vtc.epochs}")
+        if self.vtc.start_round < 2:
+            raise ConfigError(
+                f"algorithm.vtc.start_round must be >= 2 (round 1 has no pooled statistics), got {self.vtc.start_round}"
+            )
+        if self.vtc.encoder_weight < 0 or self.synthesis.noise_scale < 0:
+            raise ConfigError("algorithm.vtc.encoder_weight and algorithm.synthesis.noise_scale must be >= 0")
 
 
 def build_vtc(run: RunSettings) -> VTC:
@@ -174,7 +204,8 @@ class FedVTCClient(HeteroClient):
         self.local_training(server_round, alignment=alignment)
 
         generate = target is not None and (
-            a.schedule == "every_round" or (a.schedule == "final" and server_round == num_rounds)
+            (a.schedule == "every_round" and server_round >= a.vtc.start_round)
+            or (a.schedule == "final" and server_round == num_rounds)
         )
         if generate:
             self._generate_and_finetune(target, server_round, num_rounds)
@@ -226,18 +257,21 @@ class FedVTCClient(HeteroClient):
         key = (self.s.seed, self.cid, server_round)
         train = self._on_device(self.train_data)
         with self.timer("vtc_train"):
-            train_vtc(
+            losses = train_vtc(
                 self.vtc, self.model, train, self.vtc_optimizer, target,
-                steps=a.vtc.steps, batch_size=a.vtc.batch_size,
+                steps=a.vtc.steps_for(len(train)), batch_size=a.vtc.batch_size,
                 generator=torch_generator(*key, VTC_TRAIN), dm_weight=a.vtc.dm_weight,
-                dm_per_class=a.vtc.dm_per_class, grad_clip=a.vtc.grad_clip,
+                dm_per_class=a.vtc.dm_per_class, grad_clip=a.vtc.grad_clip, dm_space=a.vtc.dm_space,
+                encoder_optimizer=self.optimizer if a.vtc.train_encoder else None,
+                encoder_weight=a.vtc.encoder_weight,
             )
+        self.round_metrics.update(losses)
         synthetic = None
         if a.finetune.data != "real" or self._wants_grid(server_round, num_rounds):
             with self.timer("synthesis"):
                 synthetic = synthesize(
                     self.vtc, target, per_class=a.synthesis.per_class,
-                    generator=torch_generator(*key, SYNTHESIS),
+                    generator=torch_generator(*key, SYNTHESIS), noise_scale=a.synthesis.noise_scale,
                 )
             self._score_synthetic(synthetic)
             if self._wants_grid(server_round, num_rounds):

@@ -1,0 +1,135 @@
+"""Hydra multiruns that resume and report progress.
+
+A cell of a sweep is identified by its resolved config (everything but Hydra's own node): when a
+sweep is started again with the same ``hydra.sweep.dir``, a cell whose config matches a finished
+run under that directory (a ``results.json`` with its ``final`` entry) is not run again, so a table
+larger than one sitting is built in parts. ``SweepProgress`` is a Hydra callback
+(``hydra.callbacks`` in ``conf/config.yaml``) that prints, before each cell, how many cells are done,
+which one starts, and an estimate of the time left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("fedvtc")
+
+CONFIG_FILE = "config.yaml"
+RESULTS_FILE = "results.json"
+
+
+def cell_identity(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """What identifies a cell: its resolved config without Hydra's node (paths, times, job ids)."""
+    return {k: v for k, v in resolved.items() if k != "hydra"}
+
+
+def finished_cell(sweep_dir: str | Path, resolved: Mapping[str, Any], *, exclude: str | Path | None = None) -> Path | None:
+    """A directory under ``sweep_dir`` holding a finished run of this exact config, or None.
+
+    Args:
+        sweep_dir: the sweep's directory (``hydra.sweep.dir``).
+        resolved: this cell's resolved config (as ``fedvtc.config.to_container`` gives it).
+        exclude: never this directory (unused in practice: a cell's own directory counts too).
+    """
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        return None
+    wanted = cell_identity(resolved)
+    for config_path in sorted(root.glob(f"*/{CONFIG_FILE}")):
+        run_dir = config_path.parent
+        if exclude is not None and run_dir.resolve() == Path(exclude).resolve():
+            continue
+        results = run_dir / RESULTS_FILE
+        if not results.exists():
+            continue
+        try:
+            saved = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+            finished = json.loads(results.read_text()).get("final") is not None
+        except Exception:  # a damaged file is an unfinished cell: run it again
+            continue
+        if finished and cell_identity(saved) == wanted:  # type: ignore[arg-type]
+            return run_dir
+    return None
+
+
+def sweep_size(overrides: Sequence[str], params: Mapping[str, Any] | None = None) -> int:
+    """Number of cells of a basic-sweeper multirun: the product of every swept key's choices.
+
+    Args:
+        overrides: the command line's task overrides (``seed=0,1``, ``algorithm=fedvtc``).
+        params: the sweeper's ``params`` from the config (a preset's grid); the command line wins
+            for a key given in both.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    by_key: dict[str, Any] = {}
+    for key, value in (params or {}).items():
+        by_key[str(key)] = parser.parse_overrides([f"{key}={value}"])[0]
+    for override in parser.parse_overrides(list(overrides)):
+        by_key[override.get_key_element()] = override
+    return math.prod(len(list(o.sweep_iterator())) if o.is_sweep_override() else 1 for o in by_key.values())
+
+
+def _format_minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover - hydra-core 1.3 has it
+    Callback = object  # type: ignore[assignment,misc]
+
+
+class SweepProgress(Callback):  # type: ignore[misc]
+    """Before each cell of a multirun: cells done, the cell starting, the time left at the pace of
+    the cells run so far (cells skipped as finished already take no time and are not counted in it)."""
+
+    def __init__(self) -> None:
+        self.total: int | None = None
+        self.done = 0
+        self.ran = 0
+        self.ran_seconds = 0.0
+        self.start_time = 0.0
+        self.cell_start: float | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.start_time = time.perf_counter()
+        try:
+            params = config.hydra.sweeper.get("params")
+            params = OmegaConf.to_container(params, resolve=False) if params is not None else {}
+            self.total = sweep_size(list(config.hydra.overrides.task), params)  # type: ignore[arg-type]
+        except Exception:  # another sweeper (e.g. Optuna): its size is its own business
+            self.total = None
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.start_time:  # a single run: nothing to report
+            return
+        number = f"{self.done + 1}/{self.total}" if self.total else f"{self.done + 1}"
+        overrides = " ".join(config.hydra.overrides.task)
+        cell = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        if config.get("skip_finished", True) and finished_cell(config.hydra.sweep.dir, OmegaConf.to_container(cell, resolve=True)):
+            self.cell_start = None
+            log.info("sweep: cell %s finished already: %s", number, overrides)
+            return
+        line = f"sweep: cell {number} starting ({self.done} done"
+        if self.ran and self.total:
+            left = self.ran_seconds / self.ran * (self.total - self.done)
+            line += f", about {_format_minutes(left)} left at {_format_minutes(self.ran_seconds / self.ran)} a cell"
+        log.info("%s): %s", line, overrides)
+        self.cell_start = time.perf_counter()
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if not self.start_time:
+            return
+        self.done += 1
+        if self.cell_start is not None:
+            self.ran += 1
+            self.ran_seconds += time.perf_counter() - self.cell_start
