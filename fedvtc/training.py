@@ -220,15 +220,18 @@ def train_vtc(
                 if done == steps:
                     break
                 x, y = data.x[idx].to(device), data.y[idx].to(device)
-                # The encoder takes part only in the reconstruction: it is frozen again before the
-                # DM forward, so autograd gives it no gradient from that term.
-                model.extractor.requires_grad_(encoder_optimizer is not None)
+                optimizer.zero_grad(set_to_none=True)
+                if encoder_optimizer is not None:
+                    encoder_optimizer.zero_grad(set_to_none=True)
+                    model.extractor.requires_grad_(True)
                 with torch.set_grad_enabled(encoder_optimizer is not None):
                     z = model.forward_features(x)
-                model.extractor.requires_grad_(False)
                 noise = torch.randn(z.shape, generator=generator).to(device)
                 rec = F.mse_loss(vtc(z + noise * stds[y]), x)
-                loss = rec
+                # Backward now, while the encoder (if it trains) still takes gradients; the DM
+                # term below is backpropagated with it frozen, so it reaches the VTC alone.
+                rec.backward()
+                model.extractor.requires_grad_(False)
                 if dm_weight > 0 and len(dm_labels) > 0:
                     latents = sample_latents(target.means, target.second, dm_labels, generator=generator)
                     features = model.forward_features(vtc(latents))
@@ -236,21 +239,17 @@ def train_vtc(
                         dm = dm_loss(features, dm_labels, target.means, stds)
                     else:
                         dm = F.cross_entropy(model.head(features), dm_labels)
-                    loss = loss + dm_weight * dm
+                    (dm_weight * dm).backward()
                     dm_sum += float(dm.detach())
-                if encoder_optimizer is None:
-                    _step(optimizer, loss, params, grad_clip)
-                else:
-                    optimizer.zero_grad(set_to_none=True)
-                    encoder_optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                if grad_clip > 0:
+                    nn.utils.clip_grad_norm_(params, grad_clip)
+                optimizer.step()
+                if encoder_optimizer is not None:
                     for p in encoder_params:
                         if p.grad is not None:
                             p.grad.mul_(encoder_weight)
                     if grad_clip > 0:
-                        nn.utils.clip_grad_norm_(params, grad_clip)
                         nn.utils.clip_grad_norm_(encoder_params, grad_clip)
-                    optimizer.step()
                     encoder_optimizer.step()
                 rec_sum += float(rec.detach())
                 done += 1

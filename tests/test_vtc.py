@@ -35,3 +35,67 @@ def test_shared_arrays_round_trip():
     z = torch.randn(3, 8)
     a.eval(), b.eval()
     torch.testing.assert_close(a(z), b(z))
+
+
+def _vtc_training_case(**kwargs):
+    """A tiny model, VTC and two-class target; returns the parameters before and after train_vtc."""
+    from fedvtc.data import ImageSet
+    from fedvtc.training import GlobalGaussians, train_vtc
+    from fedvtc.zoo import create_model
+
+    torch.manual_seed(0)
+    model = create_model("cnn_s", num_classes=3, feature_dim=8, in_channels=1, image_size=28)
+    vtc = VTC(8, 28, 1, [0.5], [0.5], width=4)
+    data = ImageSet(torch.randn(16, 1, 28, 28), torch.tensor([0, 1] * 8))
+    target = GlobalGaussians(
+        present=torch.tensor([True, True, False]), means=torch.randn(3, 8), variances=torch.ones(3, 8),
+        second=torch.ones(3, 8),
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    vtc_before = [p.clone() for p in vtc.parameters()]
+    encoder = torch.optim.SGD(model.parameters(), lr=0.1) if kwargs.pop("encoder", False) else None
+    losses = train_vtc(vtc, model, data, torch.optim.Adam(vtc.parameters(), 1e-2), target, steps=3, batch_size=8,
+                       generator=torch.Generator().manual_seed(0), dm_weight=1.0, dm_per_class=2,
+                       encoder_optimizer=encoder, **kwargs)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    vtc_changed = any(not torch.equal(a, b) for a, b in zip(vtc_before, vtc.parameters()))
+    return changed, vtc_changed, losses
+
+
+def test_vtc_training_leaves_the_classifier_alone():
+    changed, vtc_changed, losses = _vtc_training_case()
+    assert vtc_changed and changed == set()
+    assert losses["vtc_rec_loss"] > 0 and losses["vtc_dm_loss"] > 0
+
+
+def test_vae_reading_trains_the_extractor_not_the_head():
+    changed, vtc_changed, _ = _vtc_training_case(encoder=True)
+    assert vtc_changed
+    assert any(k.startswith("extractor.") for k in changed) and not any(k.startswith("head.") for k in changed)
+
+
+def test_dm_in_the_classifier_output_space():
+    changed, vtc_changed, losses = _vtc_training_case(dm_space="logits")
+    assert vtc_changed and changed == set() and losses["vtc_dm_loss"] > 0
+    with pytest.raises(ValueError, match="dm_space"):
+        _vtc_training_case(dm_space="pixels")
+
+
+def test_vtc_budget_scales_with_the_data():
+    from fedvtc.algorithms.fedvtc import VTCSettings
+
+    assert VTCSettings(steps=60).steps_for(1000) == 60
+    assert VTCSettings(epochs=1.0, batch_size=32).steps_for(480) == 15
+    assert VTCSettings(epochs=0.5, batch_size=32).steps_for(481) == 8  # half of 16 batches
+    assert VTCSettings(epochs=0.01, batch_size=32).steps_for(10) == 1  # never zero
+
+
+def test_latent_noise_scale():
+    from fedvtc.stats import sample_latents
+
+    means, variances, labels = torch.randn(2, 4), torch.ones(2, 4) * 4, torch.tensor([0, 1, 1])
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    full = sample_latents(means, variances, labels, generator=g())
+    half = sample_latents(means, variances, labels, generator=g(), scale=0.5)
+    torch.testing.assert_close(half - means[labels], 0.5 * (full - means[labels]))
+    torch.testing.assert_close(sample_latents(means, variances, labels, generator=g(), scale=0.0), means[labels])

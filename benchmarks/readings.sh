@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# FedVTC's readings and the baselines' hyperparameters, chosen on the validation split
+# (experiment=readings: table_cpu's cell at 10 rounds, eval.validation=2000). RESULTS.md "Readings".
+#
+#   bash benchmarks/readings.sh mnist 0.1        # every reading of the list below on one setting
+#   bash benchmarks/readings.sh cifar10 0.1 seed=1   # extra overrides go to every cell
+#
+# Each line of READINGS is one cell (its overrides); all land in multirun/readings/<dataset>_a<alpha>/
+# under a directory named after the overrides. Started again, it runs only the cells not finished.
+# Then: python benchmarks/compare.py multirun/readings/<dataset>_a<alpha> --out <table> --validation
+set -euo pipefail
+dataset=${1:-mnist}
+alpha=${2:-0.1}
+shift $(( $# > 2 ? 2 : $# ))
+python=${PYTHON:-python}
+cd "$(dirname "$0")/.."
+
+READINGS=(
+  "algorithm=fedvtc"
+  "algorithm=fedvtc algorithm.shared_vtc=true"
+  "algorithm=fedvtc algorithm.shared_vtc=true algorithm.vtc.train_encoder=true"
+  "algorithm=local"
+  "algorithm=ccvr"
+  "algorithm=fedvtc algorithm.kl_reduction=mean"
+  "algorithm=fedvtc algorithm.shared_vtc=true algorithm.kl_reduction=mean"
+  "algorithm=fedvtc algorithm.shared_vtc=true algorithm.vtc.dm_space=logits"
+  "algorithm=fedvtc algorithm.vtc.train_encoder=true"
+  "algorithm=fedvtc algorithm.shared_vtc=true algorithm.vtc.start_round=4"
+  "algorithm=fedvtc algorithm.shared_vtc=true algorithm.vtc.epochs=1.0"
+  "algorithm=fedvtc algorithm.shared_vtc=true algorithm.synthesis.noise_scale=0.5"
+  "algorithm=fedvtc_real_finetune"
+  "algorithm=fedproto"
+)
+if [[ -n "${READINGS_ONLY:-}" ]]; then  # e.g. READINGS_ONLY="0 3" runs lines 0 and 3 only
+  selected=(); for i in $READINGS_ONLY; do selected+=("${READINGS[$i]}"); done; READINGS=("${selected[@]}")
+fi
+for cell in "${READINGS[@]}"; do
+  # shellcheck disable=SC2086  # a cell is a list of overrides
+  "$python" run_simulation.py -m experiment=readings "dataset=${dataset}" "partition.alpha=${alpha}" $cell "$@"
+done
