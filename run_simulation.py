@@ -52,7 +52,7 @@ def main(cfg: DictConfig) -> float | None:
     log.info("output directory: %s", output_dir)
     log.debug(OmegaConf.to_yaml(cfg))
     try:
-        final = simulate(settings)
+        final = simulate(settings, in_sweep=hydra_config.mode == RunMode.MULTIRUN)
     except StoppedAfterRound as stop:  # the requested stand-in for a crash: say how to go on
         print(str(stop), file=sys.stderr)
         raise SystemExit(3) from None

@@ -89,11 +89,20 @@ def quiet_third_party_notices() -> None:
     warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
 
 
-def simulate(settings: RunSettings) -> dict[str, Any] | None:
-    """Run the Flower simulation for ``settings``; return the ``final`` entry of its results."""
+def simulate(settings: RunSettings, *, in_sweep: bool = False) -> dict[str, Any] | None:
+    """Run the Flower simulation for ``settings``; return the ``final`` entry of its results.
+
+    ``in_sweep``: more simulations follow in this process (a multirun); with
+    ``simulation.keep_runtime`` they share one Ray runtime and its client actors.
+    """
     set_quiet_env()
     quiet_third_party_notices()
     from flwr.simulation import run_simulation
+
+    if in_sweep and settings.simulation.keep_runtime:
+        from fedvtc.warm_ray import keep_warm
+
+        keep_warm()
 
     run_simulation(
         server_app=make_server_app(settings),

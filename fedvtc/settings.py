@@ -66,6 +66,8 @@ class SimulationSettings:
     min_fit_fraction: float = 0.5
     round_timeout: float | None = None
     state_dir: str | None = None
+    # In a multirun, keep Ray and its client actors from one cell to the next (fedvtc.warm_ray).
+    keep_runtime: bool = True
 
 
 @dataclass(frozen=True)

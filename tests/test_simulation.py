@@ -122,3 +122,36 @@ def test_every_baseline_runs_two_rounds_through_flower(algorithm: str, data_dir:
         assert second["bytes_down"] > first["bytes_down"], BASELINE_DOWNLOADS[algorithm]
     if algorithm == "ccvr":  # the head is recalibrated once there are pooled Gaussians
         assert "calibration" in second["phase_seconds"] and "calibration" not in first["phase_seconds"]
+
+
+def test_simulations_of_one_process_share_a_warm_runtime(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Two cells in one process (as a multirun runs them): the second reuses Ray and the client
+    actors of the first, and gives exactly the metrics the same cell gives when run cold."""
+    import ray
+
+    from fedvtc import warm_ray
+    from fedvtc.runner import prepare_run, simulate
+    from helpers import TINY_RUN, compose_config
+
+    monkeypatch.setenv("FEDVTC_DATA_DIR", str(data_dir))
+    cfg = compose_config([*TINY_RUN, "algorithm=local", "num_rounds=1"])
+    try:
+        first = simulate(prepare_run(cfg, tmp_path / "a"), in_sweep=True)
+        pool = warm_ray._pool
+        assert pool is not None and ray.is_initialized()
+        actors = list(pool.pool)
+        second = simulate(prepare_run(cfg, tmp_path / "b"), in_sweep=True)
+        assert warm_ray._pool is pool and sorted(map(id, pool.pool)) == sorted(map(id, actors))
+    finally:
+        warm_ray.shutdown()
+    assert not ray.is_initialized()
+    from fedvtc.results import is_measurement
+
+    assert {k: v for k, v in first.items() if not is_measurement(k)} == {
+        k: v for k, v in second.items() if not is_measurement(k)
+    }
+    # The second cell paid no Ray or actor start-up: its round is far shorter than the first's.
+    assert second["total_seconds"] < first["total_seconds"]
+    cold = json.loads((tmp_path / "a" / "results.json").read_text())["rounds"]
+    warm = json.loads((tmp_path / "b" / "results.json").read_text())["rounds"]
+    assert _round_metrics({"rounds": cold}) == _round_metrics({"rounds": warm})
