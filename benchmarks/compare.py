@@ -40,17 +40,68 @@ def method_label(results: dict[str, Any]) -> str:
     return label
 
 
-def load_runs(dirs: list[Path]) -> dict[Key, list[dict[str, Any]]]:
-    """Every finished run (``final`` present) under ``dirs``, grouped by (method, dataset, partition)."""
+def cell_label(path: Path) -> str:
+    """A run's directory name without its seed: the overrides that name a cell of
+    ``experiment=readings`` (``algorithm.shared_vtc=True,algorithm=fedvtc``), seeds pooled."""
+    parts = [p for p in path.parent.name.split(",") if not p.startswith("seed=")]
+    return ",".join(parts) or "defaults"
+
+
+def load_runs(dirs: list[Path], *, by_overrides: bool = False) -> dict[Key, list[dict[str, Any]]]:
+    """Every finished run (``final`` present) under ``dirs``, grouped by (method, dataset, partition).
+
+    ``by_overrides``: the method is the run directory's name (its overrides, seed left out) instead
+    of the algorithm's label, so readings of one algorithm get a row each.
+    """
     groups: dict[Key, list[dict[str, Any]]] = defaultdict(list)
     for root in dirs:
         for path in sorted(root.rglob("results.json")):
             results = json.loads(path.read_text())
             if not results.get("final"):
                 continue  # an unfinished run
+            results["_path"] = str(path.parent)
             meta = results["meta"]
-            groups[(method_label(results), meta["dataset"], meta["partition_label"])].append(results)
+            method = cell_label(path) if by_overrides else method_label(results)
+            groups[(method, meta["dataset"], meta["partition_label"])].append(results)
     return groups
+
+
+# What every cell of one table must share, per dataset: the scale of the experiment. The grid's
+# own axes (algorithm and its options, partition, seed, DP) may differ.
+SHARED_META = ("num_clients", "num_rounds", "train_fraction", "zoo", "feature_dim", "global_test_set", "eval_every")
+
+
+class MixedRunsError(ValueError):
+    """Cells of one table ran with different code or settings; the message names them."""
+
+
+def check_consistency(groups: dict[Key, list[dict[str, Any]]], *, allow_mixed_code: bool = False) -> None:
+    """Refuse to merge cells that ran with different code (git commit, uncommitted changes) or
+    with different experiment settings (``SHARED_META``) than the rest of their dataset's cells."""
+    runs = [run for rs in groups.values() for run in rs]
+    problems = []
+    if not allow_mixed_code:
+        codes: dict[str, list[str]] = defaultdict(list)
+        for run in runs:
+            code = run["meta"].get("code") or {}
+            commit = code.get("git_commit") or "unknown"
+            codes[commit + (" (with uncommitted changes)" if code.get("git_dirty") else "")].append(run["_path"])
+        if len(codes) > 1:
+            problems += [f"code {c}: {len(p)} cell(s), e.g. {p[0]}" for c, p in sorted(codes.items())]
+    by_dataset: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        meta = run["meta"]
+        shared = json.dumps({k: meta.get(k) for k in SHARED_META}, sort_keys=True)
+        by_dataset[meta["dataset"]][shared].append(run["_path"])
+    for dataset, variants in sorted(by_dataset.items()):
+        if len(variants) > 1:
+            problems += [f"{dataset} settings {v}: {len(p)} cell(s), e.g. {p[0]}" for v, p in sorted(variants.items())]
+    if problems:
+        raise MixedRunsError(
+            "these cells do not belong in one table:\n  " + "\n  ".join(problems)
+            + "\nrerun the odd ones with the others' code and settings, or pass --allow-mixed-code "
+            "if only the code differs and you have checked that the change cannot move the numbers"
+        )
 
 
 def _fmt(values: list[float | None], scale: float = 1.0, digits: int = 1) -> str:
@@ -95,6 +146,10 @@ def summarize(key: Key, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "s/round": _fmt([f["total_seconds"] / _rounds(r) for f, r in zip(finals, runs)]),
         "synthetic recognised (%)": _fmt(synthetic("synthetic_accuracy"), 100),
         "… of missing classes (%)": _fmt(synthetic("synthetic_accuracy_missing"), 100),
+        "held-class acc (%)": _fmt([f.get("global_accuracy_held") for f in finals], 100),
+        "missing-class acc (%)": _fmt([f.get("global_accuracy_missing") for f in finals], 100),
+        "validation acc (%)": _fmt([f.get("validation_accuracy") for f in finals], 100),
+        "validation missing-class acc (%)": _fmt([f.get("validation_accuracy_missing") for f in finals], 100),
     }
 
 
@@ -103,9 +158,11 @@ def _peak(run: dict[str, Any], field: str) -> float | None:
     return max(values) if values else None
 
 
-def collect(dirs: list[Path]) -> list[dict[str, Any]]:
-    """The table rows, sorted by dataset, partition and method."""
-    groups = load_runs(dirs)
+def collect(dirs: list[Path], *, by_overrides: bool = False, allow_mixed_code: bool = False) -> list[dict[str, Any]]:
+    """The table rows, sorted by dataset, partition and method (``MixedRunsError`` for cells that
+    do not belong together)."""
+    groups = load_runs(dirs, by_overrides=by_overrides)
+    check_consistency(groups, allow_mixed_code=allow_mixed_code)
     keys = sorted(groups, key=lambda k: (k[1], k[2], k[0]))
     return [summarize(k, groups[k]) for k in keys]
 
@@ -192,8 +249,15 @@ def main() -> None:
     parser.add_argument("dirs", nargs="+", type=Path, help="directories searched for results.json")
     parser.add_argument("--out", type=Path, default=None, help="write <out>.md and <out>.csv")
     parser.add_argument("--plots", action="store_true", help="also write <out>_accuracy.png and <out>_bytes.png")
+    parser.add_argument("--by-overrides", action="store_true",
+                        help="one row per run directory name (its overrides, seed pooled), e.g. for experiment=readings")
+    parser.add_argument("--allow-mixed-code", action="store_true",
+                        help="merge cells run at different git commits (settings must still agree)")
     args = parser.parse_args()
-    rows = collect(args.dirs)
+    try:
+        rows = collect(args.dirs, by_overrides=args.by_overrides, allow_mixed_code=args.allow_mixed_code)
+    except MixedRunsError as error:
+        raise SystemExit(f"error: {error}") from None
     markdown = to_markdown(rows)
     print(markdown)
     if args.out is None or not rows:
@@ -205,7 +269,7 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     if args.plots:
-        for path in plot(load_runs(args.dirs), args.out):
+        for path in plot(load_runs(args.dirs, by_overrides=args.by_overrides), args.out):
             print(f"wrote {path}")
 
 
