@@ -8,6 +8,9 @@
 # ablations/<n>/ and dp/<n>/ for the presets table_<preset>_ablations and table_<preset>_dp where
 # they exist, each with its results.json; the table is OUT_DIR/table.{md,csv} and the plots
 # OUT_DIR/table_*.png. Extra arguments after OUT_DIR go to every sweep (e.g. seed=0,1,2).
+# Resumable: run it again with the same OUT_DIR and only the cells not finished yet run (a cell is
+# known by its resolved config), so a table is built in parts; compare.py refuses to merge cells
+# that ran with other code or settings.
 set -euo pipefail
 preset=${1:-cpu}
 out=${2:-multirun/table_${preset}_$(date +%Y-%m-%d_%H-%M-%S)}

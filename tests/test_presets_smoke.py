@@ -38,23 +38,23 @@ def test_variant_runs_two_rounds(variant: str, data_dir: Path, tmp_path: Path, m
 
 
 # Each reading of METHOD.md §3 that is an option rather than a variant file: it composes and runs.
+# Two runs cover them all (each run is seconds; the unit tests check what each option does).
 READING_OPTIONS = [
-    ["algorithm.vtc.epochs=0.5"],
-    ["algorithm.vtc.dm_space=logits"],
-    ["algorithm.vtc.train_encoder=true", "algorithm.vtc.encoder_weight=0.5"],
-    ["algorithm.shared_vtc=true", "algorithm.vtc.train_encoder=true"],
-    ["algorithm.synthesis.noise_scale=0.5"],
-    ["algorithm.kl_weight=4.0", "algorithm.kl_reduction=mean"],
+    ["algorithm.vtc.epochs=0.5", "algorithm.vtc.dm_space=logits", "algorithm.vtc.train_encoder=true",
+     "algorithm.vtc.encoder_weight=0.5", "algorithm.synthesis.noise_scale=0.5", "algorithm.kl_weight=4.0",
+     "algorithm.kl_reduction=mean"],
+    ["algorithm.shared_vtc=true", "algorithm.vtc.train_encoder=true", "algorithm.vtc.synthesize_from=global",
+     "num_rounds=3"],
 ]
 
 
 @pytest.mark.parametrize("options", READING_OPTIONS, ids=lambda o: " ".join(o))
 def test_reading_option_runs(options: list[str], data_dir: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("FEDVTC_DATA_DIR", str(data_dir))
-    settings = build_settings(compose_config([*options, *TINY, *TINY_FEDVTC, *TINY_RUN]), output_dir=tmp_path)
+    settings = build_settings(compose_config([*TINY, *TINY_FEDVTC, *TINY_RUN, *options]), output_dir=tmp_path)
     rounds = run_in_process(settings)
     assert all(r["accepted"] == 3 and not r["rejected"] for r in rounds), rounds[-1]["rejected"]
-    assert "vtc_train" in rounds[1]["phase_seconds"] and rounds[1]["synthetic_accuracy"] is not None
+    assert "vtc_train" in rounds[1]["phase_seconds"] and rounds[-1]["synthetic_accuracy"] is not None
 
 
 def test_generation_waits_for_its_start_round(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -62,3 +62,14 @@ def test_generation_waits_for_its_start_round(data_dir: Path, tmp_path: Path, mo
     cfg = compose_config(["algorithm.vtc.start_round=3", *TINY, *TINY_FEDVTC, *TINY_RUN, "num_rounds=3"])
     rounds = run_in_process(build_settings(cfg, output_dir=tmp_path))
     assert ["vtc_train" in r["phase_seconds"] for r in rounds] == [False, False, True]
+
+
+def test_synthesis_from_the_averaged_vtc_waits_for_a_trained_average(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """synthesize_from=global: round 2 trains the VTC only (the average it received is untrained);
+    round 3 synthesizes with the average of round 2's VTCs, then trains."""
+    monkeypatch.setenv("FEDVTC_DATA_DIR", str(data_dir))
+    cfg = compose_config(["algorithm.shared_vtc=true", "algorithm.vtc.synthesize_from=global", *TINY, *TINY_FEDVTC,
+                          *TINY_RUN, "num_rounds=3"])
+    rounds = run_in_process(build_settings(cfg, output_dir=tmp_path))
+    assert ["vtc_train" in r["phase_seconds"] for r in rounds] == [False, True, True]
+    assert ["synthesis" in r["phase_seconds"] for r in rounds] == [False, False, True]

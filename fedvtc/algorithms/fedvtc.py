@@ -63,6 +63,9 @@ class VTCSettings:
     # The VAE reading: the reconstruction loss also trains the extractor as the encoder.
     train_encoder: bool = False
     encoder_weight: float = 1.0
+    # Which decoder synthesizes: "local" (this client's, after its VTC steps of the round) or
+    # "global" (shared VTC only: the server's average as received, before this client's steps).
+    synthesize_from: str = "local"
 
     def steps_for(self, num_samples: int) -> int:
         """VTC steps this round for a local training set of ``num_samples`` images."""
@@ -110,6 +113,7 @@ class FedVTCSettings:
             "finetune.data": (self.finetune.data, FINETUNE_DATA),
             "finetune.scope": (self.finetune.scope, ("full", "head")),
             "vtc.dm_space": (self.vtc.dm_space, DM_SPACES),
+            "vtc.synthesize_from": (self.vtc.synthesize_from, ("local", "global")),
         }
         for key, (value, allowed) in choices.items():
             if value not in allowed:
@@ -132,6 +136,11 @@ class FedVTCSettings:
         if self.vtc.start_round < 2:
             raise ConfigError(
                 f"algorithm.vtc.start_round must be >= 2 (round 1 has no pooled statistics), got {self.vtc.start_round}"
+            )
+        if self.vtc.synthesize_from == "global" and (not self.shared_vtc or self.schedule != "every_round"):
+            raise ConfigError(
+                "algorithm.vtc.synthesize_from=global needs algorithm.shared_vtc=true and schedule=every_round "
+                "(it synthesizes with the server's averaged VTC); use synthesize_from=local"
             )
         if self.vtc.encoder_weight < 0 or self.synthesis.noise_scale < 0:
             raise ConfigError("algorithm.vtc.encoder_weight and algorithm.synthesis.noise_scale must be >= 0")
@@ -253,19 +262,41 @@ class FedVTCClient(HeteroClient):
         return arrays, num_examples, metrics
 
     def _generate_and_finetune(self, target: GlobalGaussians, server_round: int, num_rounds: int) -> None:
+        """VTC training, synthesis and fine-tuning, in the order the reading asks for.
+
+        ``vtc.synthesize_from=local``: train this client's VTC, then synthesize with it.
+        ``global`` (shared VTC): synthesize with the decoder as the server averaged it, before this
+        client's VTC steps (which then only make its contribution to the next average, on the
+        fine-tuned extractor's features); the first generation round has no trained average yet, so
+        it only trains.
+        """
         a: FedVTCSettings = self.s.algorithm
-        key = (self.s.seed, self.cid, server_round)
+        if a.vtc.synthesize_from == "local":
+            self._train_vtc(target, server_round)
+            self._synthesize_and_finetune(target, server_round, num_rounds)
+            return
+        if server_round > a.vtc.start_round:
+            self._synthesize_and_finetune(target, server_round, num_rounds)
+        self._train_vtc(target, server_round)
+
+    def _train_vtc(self, target: GlobalGaussians, server_round: int) -> None:
+        a: FedVTCSettings = self.s.algorithm
         train = self._on_device(self.train_data)
         with self.timer("vtc_train"):
             losses = train_vtc(
                 self.vtc, self.model, train, self.vtc_optimizer, target,
                 steps=a.vtc.steps_for(len(train)), batch_size=a.vtc.batch_size,
-                generator=torch_generator(*key, VTC_TRAIN), dm_weight=a.vtc.dm_weight,
-                dm_per_class=a.vtc.dm_per_class, grad_clip=a.vtc.grad_clip, dm_space=a.vtc.dm_space,
-                encoder_optimizer=self.optimizer if a.vtc.train_encoder else None,
+                generator=torch_generator(self.s.seed, self.cid, server_round, VTC_TRAIN),
+                dm_weight=a.vtc.dm_weight, dm_per_class=a.vtc.dm_per_class, grad_clip=a.vtc.grad_clip,
+                dm_space=a.vtc.dm_space, encoder_optimizer=self.optimizer if a.vtc.train_encoder else None,
                 encoder_weight=a.vtc.encoder_weight,
             )
         self.round_metrics.update(losses)
+
+    def _synthesize_and_finetune(self, target: GlobalGaussians, server_round: int, num_rounds: int) -> None:
+        a: FedVTCSettings = self.s.algorithm
+        key = (self.s.seed, self.cid, server_round)
+        train = self._on_device(self.train_data)
         synthetic = None
         if a.finetune.data != "real" or self._wants_grid(server_round, num_rounds):
             with self.timer("synthesis"):
