@@ -24,16 +24,15 @@ READINGS=(
   "algorithm=fedvtc $SG algorithm.vtc.train_encoder=true"
   "algorithm=local"
   "algorithm=ccvr"
-  "algorithm=fedvtc $SG algorithm.kl_reduction=mean"
-  "algorithm=fedvtc algorithm.shared_vtc=true algorithm.vtc.train_encoder=true"
+  "algorithm=fedvtc $SG algorithm.vtc.dm_weight=0.0"
   "algorithm=fedvtc $SG algorithm.vtc.epochs=1.0"
+  "algorithm=fedvtc $SG algorithm.kl_reduction=mean"
   "algorithm=fedvtc $SG algorithm.vtc.dm_space=logits"
-  "algorithm=fedvtc $SG algorithm.synthesis.noise_scale=0.5"
-  "algorithm=fedvtc algorithm.kl_reduction=mean"
   "algorithm=fedvtc_real_finetune"
+  "algorithm=fedvtc $SG algorithm.synthesis.noise_scale=0.5"
   "algorithm=fedproto"
+  "algorithm=fedvtc algorithm.kl_reduction=mean"
   "algorithm=fedvtc $SG algorithm.vtc.start_round=4"
-  "algorithm=fedvtc algorithm.vtc.train_encoder=true"
 )
 if [[ -n "${READINGS_ONLY:-}" ]]; then  # e.g. READINGS_ONLY="0 3" runs lines 0 and 3 only
   selected=(); for i in $READINGS_ONLY; do selected+=("${READINGS[$i]}"); done; READINGS=("${selected[@]}")
