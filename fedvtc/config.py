@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -127,137 +127,107 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
+def _registered(name: str | None) -> bool:
+    from fedvtc.zoo import list_models
+
+    return name in list_models()
+
+
+def _dp_accounting() -> bool:
+    from fedvtc.privacy.dp import dp_accounting_available  # late: only DP runs need it
+
+    return dp_accounting_available()
+
+
+def _client_ids(s: RunSettings) -> bool:
+    return all(_is_int(c) and 0 <= c < s.num_clients for c in s.privacy_eval.clients)
+
+
+# Range and choice checks that need no data, in the order they are reported: (what must hold, what
+# to say when it does not). Types were checked when the settings were built. A check of a DP value
+# holds trivially while DP is off.
+Check = tuple[Callable[[RunSettings], bool], Callable[[RunSettings], str]]
+CHECKS: list[Check] = [
+    (lambda s: s.num_clients >= 1, lambda s: f"num_clients must be >= 1, got {s.num_clients}"),
+    (lambda s: s.num_rounds >= 1, lambda s: f"num_rounds must be >= 1, got {s.num_rounds}"),
+    (lambda s: 0 < s.train_fraction <= 1, lambda s: f"train_fraction must be in (0, 1], got {s.train_fraction}"),
+    (lambda s: s.device == "auto" or s.device.split(":")[0] in ("cpu", "cuda", "mps"),
+     lambda s: f"device must be auto, cpu, cuda, cuda:N or mps, got '{s.device}'"),
+    (lambda s: s.partition.scheme in ("dirichlet", "pathological", "iid"),
+     lambda s: f"partition.scheme must be dirichlet, pathological or iid, got '{s.partition.scheme}'"),
+    (lambda s: s.partition.alpha > 0,
+     lambda s: f"partition.alpha must be > 0 (smaller = more label skew), got {s.partition.alpha}"),
+    (lambda s: s.partition.min_size >= 1, lambda s: f"partition.min_size must be >= 1, got {s.partition.min_size}"),
+    (lambda s: 0 < s.partition.test_fraction < 1,
+     lambda s: "partition.test_fraction must be in (0, 1) (each client needs local train and test data), "
+               f"got {s.partition.test_fraction}"),
+    (lambda s: 1 <= s.partition.classes_per_client <= s.dataset.num_classes,
+     lambda s: f"partition.classes_per_client must be in 1..{s.dataset.num_classes}, got {s.partition.classes_per_client}"),
+    (lambda s: s.train.optimizer in ("sgd", "adam"),
+     lambda s: f"train.optimizer must be sgd or adam, got '{s.train.optimizer}'"),
+    (lambda s: s.train.lr > 0, lambda s: f"train.lr must be > 0, got {s.train.lr}"),
+    (lambda s: s.train.batch_size >= 1, lambda s: f"train.batch_size must be >= 1, got {s.train.batch_size}"),
+    (lambda s: s.train.local_epochs >= 0, lambda s: f"train.local_epochs must be >= 0, got {s.train.local_epochs}"),
+    (lambda s: s.feature_dim >= 1, lambda s: f"zoo.feature_dim must be >= 1, got {s.feature_dim}"),
+    (lambda s: s.eval.every >= 1, lambda s: f"eval.every must be >= 1, got {s.eval.every}"),
+    (lambda s: s.eval.global_subset >= 0, lambda s: f"eval.global_subset must be >= 0, got {s.eval.global_subset}"),
+    (lambda s: s.eval.validation >= 0,
+     lambda s: f"eval.validation must be >= 0 (0 = no validation split; e.g. 2000), got {s.eval.validation}"),
+    (lambda s: s.eval.reference_model is None or _registered(s.eval.reference_model),
+     lambda s: f"eval.reference_model must be null or a registered model, got '{s.eval.reference_model}'"),
+    (lambda s: s.simulation.num_cpus_per_client > 0, lambda s: "simulation.num_cpus_per_client must be > 0"),
+    (lambda s: s.simulation.threads_per_client >= 1, lambda s: "simulation.threads_per_client must be >= 1"),
+    (lambda s: 0 < s.simulation.fraction_fit <= 1,
+     lambda s: f"simulation.fraction_fit must be in (0, 1], got {s.simulation.fraction_fit}"),
+    (lambda s: 0 < s.simulation.min_fit_fraction <= 1,
+     lambda s: f"simulation.min_fit_fraction must be in (0, 1], got {s.simulation.min_fit_fraction}"),
+    (lambda s: _is_int(s.checkpoint.every) and s.checkpoint.every >= 0,
+     lambda s: f"checkpoint.every must be an integer >= 0 (0 = no checkpoints), got {s.checkpoint.every!r}"),
+    (lambda s: s.faults.stop_after_round is None or 1 <= s.faults.stop_after_round < s.num_rounds,
+     lambda s: f"faults.stop_after_round must be null or a round in 1..{s.num_rounds - 1} (before the last), "
+               f"got {s.faults.stop_after_round!r}"),
+    (lambda s: s.robust.max_client_share is None or 0 < s.robust.max_client_share <= 1,
+     lambda s: f"robust.max_client_share must be null or in (0, 1] (e.g. 0.3), got {s.robust.max_client_share}"),
+    (_client_ids,
+     lambda s: f"privacy_eval.clients must be client ids in 0..{s.num_clients - 1}, got {list(s.privacy_eval.clients)}; "
+               "e.g. privacy_eval.clients=[0]"),
+    (lambda s: len(set(s.privacy_eval.clients)) == len(s.privacy_eval.clients),
+     lambda s: f"privacy_eval.clients lists a client twice: {list(s.privacy_eval.clients)}; list each id once"),
+    (lambda s: s.privacy_eval.per_class >= 1,
+     lambda s: f"privacy_eval.per_class must be >= 1 (e.g. 50), got {s.privacy_eval.per_class}"),
+    (lambda s: s.privacy_eval.heldout >= 0,
+     lambda s: f"privacy_eval.heldout must be >= 0 (0 = the whole local test split), got {s.privacy_eval.heldout}"),
+    (lambda s: s.privacy_eval.plot_pairs >= 0,
+     lambda s: f"privacy_eval.plot_pairs must be >= 0 (0 = no image pairs), got {s.privacy_eval.plot_pairs}"),
+    (lambda s: not s.dp.enabled or s.algorithm_name == "fedvtc",
+     lambda s: f"dp.enabled=true is implemented for algorithm=fedvtc and its variants, got '{s.algorithm_name}'; "
+               "set dp.enabled=false or pick a fedvtc algorithm"),
+    (lambda s: not s.dp.enabled or not getattr(s.algorithm, "shared_vtc", False),
+     lambda s: "dp.enabled=true with algorithm.shared_vtc=true: the shared VTC's weights are trained on "
+               "private images and uploaded without noise; set algorithm.shared_vtc=false"),
+    (lambda s: not s.dp.enabled or s.dp.clip > 0,
+     lambda s: f"dp.clip must be > 0 (L2 bound on a feature vector, e.g. 5), got {s.dp.clip!r}"),
+    (lambda s: not s.dp.enabled or (s.dp.noise_multiplier is None) != (s.dp.target_epsilon is None),
+     lambda s: "dp: set exactly one of dp.noise_multiplier (e.g. 1.0) and dp.target_epsilon (e.g. 8), got "
+               f"noise_multiplier={s.dp.noise_multiplier!r}, target_epsilon={s.dp.target_epsilon!r}"),
+    (lambda s: not s.dp.enabled or s.dp.noise_multiplier is None or s.dp.noise_multiplier > 0,
+     lambda s: f"dp.noise_multiplier must be null or > 0 (e.g. 1.0), got {s.dp.noise_multiplier!r}"),
+    (lambda s: not s.dp.enabled or s.dp.target_epsilon is None or s.dp.target_epsilon > 0,
+     lambda s: f"dp.target_epsilon must be null or > 0 (e.g. 8), got {s.dp.target_epsilon!r}"),
+    (lambda s: not s.dp.enabled or 0 < s.dp.delta < 1,
+     lambda s: f"dp.delta must be in (0, 1), below 1 / (records per client), e.g. 1e-5; got {s.dp.delta!r}"),
+    (lambda s: not s.dp.enabled or s.dp.count_threshold >= 0,
+     lambda s: f"dp.count_threshold must be >= 0 (e.g. 3), got {s.dp.count_threshold!r}"),
+    (lambda s: not s.dp.enabled or _dp_accounting(),
+     lambda s: 'dp.enabled=true needs Google\'s dp-accounting: pip install -e ".[privacy]" (or set dp.enabled=false)'),
+]
 
 
 def _check_values(s: RunSettings) -> None:
-    """Range and choice checks that need no data."""
-    from fedvtc.zoo import list_models
-
-    _require(s.num_clients >= 1, f"num_clients must be >= 1, got {s.num_clients}")
-    _require(s.num_rounds >= 1, f"num_rounds must be >= 1, got {s.num_rounds}")
-    _require(0 < s.train_fraction <= 1, f"train_fraction must be in (0, 1], got {s.train_fraction}")
-    _require(
-        s.device == "auto" or s.device.split(":")[0] in ("cpu", "cuda", "mps"),
-        f"device must be auto, cpu, cuda, cuda:N or mps, got '{s.device}'",
-    )
-    p = s.partition
-    _require(
-        p.scheme in ("dirichlet", "pathological", "iid"),
-        f"partition.scheme must be dirichlet, pathological or iid, got '{p.scheme}'",
-    )
-    _require(p.alpha > 0, f"partition.alpha must be > 0 (smaller = more label skew), got {p.alpha}")
-    _require(p.min_size >= 1, f"partition.min_size must be >= 1, got {p.min_size}")
-    _require(
-        0 < p.test_fraction < 1,
-        f"partition.test_fraction must be in (0, 1) (each client needs local train and test data), "
-        f"got {p.test_fraction}",
-    )
-    _require(
-        1 <= p.classes_per_client <= s.dataset.num_classes,
-        f"partition.classes_per_client must be in 1..{s.dataset.num_classes}, got {p.classes_per_client}",
-    )
-    t = s.train
-    _require(t.optimizer in ("sgd", "adam"), f"train.optimizer must be sgd or adam, got '{t.optimizer}'")
-    _require(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
-    _require(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
-    _require(t.local_epochs >= 0, f"train.local_epochs must be >= 0, got {t.local_epochs}")
-    _require(s.feature_dim >= 1, f"zoo.feature_dim must be >= 1, got {s.feature_dim}")
-    _require(s.eval.every >= 1, f"eval.every must be >= 1, got {s.eval.every}")
-    _require(s.eval.global_subset >= 0, f"eval.global_subset must be >= 0, got {s.eval.global_subset}")
-    _require(
-        s.eval.reference_model is None or s.eval.reference_model in list_models(),
-        f"eval.reference_model must be null or a registered model, got '{s.eval.reference_model}'",
-    )
-    sim = s.simulation
-    _require(sim.num_cpus_per_client > 0, "simulation.num_cpus_per_client must be > 0")
-    _require(sim.threads_per_client >= 1, "simulation.threads_per_client must be >= 1")
-    _require(0 < sim.fraction_fit <= 1, f"simulation.fraction_fit must be in (0, 1], got {sim.fraction_fit}")
-    _require(
-        0 < sim.min_fit_fraction <= 1,
-        f"simulation.min_fit_fraction must be in (0, 1], got {sim.min_fit_fraction}",
-    )
-    _require(
-        _is_int(s.checkpoint.every) and s.checkpoint.every >= 0,
-        f"checkpoint.every must be an integer >= 0 (0 = no checkpoints), got {s.checkpoint.every!r}",
-    )
-    stop = s.faults.stop_after_round
-    _require(
-        stop is None or (_is_int(stop) and 1 <= stop < s.num_rounds),
-        f"faults.stop_after_round must be null or a round in 1..{s.num_rounds - 1} (before the last), got {stop!r}",
-    )
-    share = s.robust.max_client_share
-    _require(
-        share is None or 0 < share <= 1,
-        f"robust.max_client_share must be null or in (0, 1] (e.g. 0.3), got {share}",
-    )
-    pe = s.privacy_eval
-    _require(
-        isinstance(pe.clients, tuple),
-        f"privacy_eval.clients must be a list of client ids, got {pe.clients!r}; e.g. privacy_eval.clients=[0]",
-    )
-    bad = [c for c in pe.clients if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < s.num_clients]
-    _require(
-        not bad,
-        f"privacy_eval.clients must be client ids in 0..{s.num_clients - 1}, got {list(pe.clients)}; "
-        "e.g. privacy_eval.clients=[0]",
-    )
-    _require(
-        len(set(pe.clients)) == len(pe.clients),
-        f"privacy_eval.clients lists a client twice: {list(pe.clients)}; list each id once",
-    )
-    _require(pe.per_class >= 1, f"privacy_eval.per_class must be >= 1 (e.g. 50), got {pe.per_class}")
-    _require(pe.heldout >= 0, f"privacy_eval.heldout must be >= 0 (0 = the whole local test split), got {pe.heldout}")
-    _require(pe.plot_pairs >= 0, f"privacy_eval.plot_pairs must be >= 0 (0 = no image pairs), got {pe.plot_pairs}")
-    dp = s.dp
-    _require(isinstance(dp.enabled, bool), f"dp.enabled must be true or false, got {dp.enabled!r}")
-    if dp.enabled:
-        from fedvtc.privacy.dp import dp_accounting_available  # late: only DP runs need it
-
-        def number(value: Any) -> bool:
-            return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-        _require(
-            s.algorithm_name == "fedvtc",
-            f"dp.enabled=true is implemented for algorithm=fedvtc and its variants, got '{s.algorithm_name}'; "
-            "set dp.enabled=false or pick a fedvtc algorithm",
-        )
-        _require(
-            not getattr(s.algorithm, "shared_vtc", False),
-            "dp.enabled=true with algorithm.shared_vtc=true: the shared VTC's weights are trained on "
-            "private images and uploaded without noise; set algorithm.shared_vtc=false",
-        )
-        _require(
-            number(dp.clip) and dp.clip > 0,
-            f"dp.clip must be > 0 (L2 bound on a feature vector, e.g. 5), got {dp.clip!r}",
-        )
-        _require(
-            (dp.noise_multiplier is None) != (dp.target_epsilon is None),
-            "dp: set exactly one of dp.noise_multiplier (e.g. 1.0) and dp.target_epsilon (e.g. 8), got "
-            f"noise_multiplier={dp.noise_multiplier!r}, target_epsilon={dp.target_epsilon!r}",
-        )
-        _require(
-            dp.noise_multiplier is None or (number(dp.noise_multiplier) and dp.noise_multiplier > 0),
-            f"dp.noise_multiplier must be null or > 0 (e.g. 1.0), got {dp.noise_multiplier!r}",
-        )
-        _require(
-            dp.target_epsilon is None or (number(dp.target_epsilon) and dp.target_epsilon > 0),
-            f"dp.target_epsilon must be null or > 0 (e.g. 8), got {dp.target_epsilon!r}",
-        )
-        _require(
-            number(dp.delta) and 0 < dp.delta < 1,
-            f"dp.delta must be in (0, 1), below 1 / (records per client), e.g. 1e-5; got {dp.delta!r}",
-        )
-        _require(
-            number(dp.count_threshold) and dp.count_threshold >= 0,
-            f"dp.count_threshold must be >= 0 (e.g. 3), got {dp.count_threshold!r}",
-        )
-        _require(
-            dp_accounting_available(),
-            'dp.enabled=true needs Google\'s dp-accounting: pip install -e ".[privacy]" (or set dp.enabled=false)',
-        )
+    """Raise ``ConfigError`` for the first of ``CHECKS`` that fails, then run the algorithm's own."""
+    for holds, message in CHECKS:
+        if not holds(s):
+            raise ConfigError(message(s))
     check = getattr(s.algorithm, "check", None)
     if check is not None:
         check(s)
