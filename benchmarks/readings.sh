@@ -33,6 +33,8 @@ READINGS=(
   "algorithm=fedproto"
   "algorithm=fedvtc algorithm.kl_reduction=mean"
   "algorithm=fedvtc $SG algorithm.vtc.start_round=4"
+  "algorithm=fedvtc $SG algorithm.kl_weight=4.0"
+  "algorithm=fedvtc $SG algorithm.kl_weight=16.0"
 )
 if [[ -n "${READINGS_ONLY:-}" ]]; then  # e.g. READINGS_ONLY="0 3" runs lines 0 and 3 only
   selected=(); for i in $READINGS_ONLY; do selected+=("${READINGS[$i]}"); done; READINGS=("${selected[@]}")
