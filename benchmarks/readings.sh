@@ -15,26 +15,27 @@ shift $(( $# > 2 ? 2 : $# ))
 python=${PYTHON:-python}
 cd "$(dirname "$0")/.."
 
-# A shared VTC that synthesizes with the server's average (synthesize_from=global) is written SG.
+# SG: a shared VTC that synthesizes with the server's average (synthesize_from=global);
+# SG0: the same without distribution matching (dm_weight=0), the reading chosen as the default.
 SG="algorithm.shared_vtc=true algorithm.vtc.synthesize_from=global"
+SG0="$SG algorithm.vtc.dm_weight=0.0"
 READINGS=(
+  "algorithm=fedvtc $SG0"
   "algorithm=fedvtc"
-  "algorithm=fedvtc algorithm.shared_vtc=true"
-  "algorithm=fedvtc $SG"
-  "algorithm=fedvtc $SG algorithm.vtc.train_encoder=true"
   "algorithm=local"
+  "algorithm=fedvtc $SG"
+  "algorithm=fedvtc $SG0 algorithm.vtc.epochs=1.0"
   "algorithm=ccvr"
-  "algorithm=fedvtc $SG algorithm.vtc.dm_weight=0.0"
-  "algorithm=fedvtc $SG algorithm.vtc.epochs=1.0"
-  "algorithm=fedvtc $SG algorithm.kl_reduction=mean"
-  "algorithm=fedvtc $SG algorithm.vtc.dm_space=logits"
+  "algorithm=fedvtc $SG0 algorithm.kl_weight=4.0"
+  "algorithm=fedvtc algorithm.shared_vtc=true algorithm.vtc.dm_weight=0.0"
   "algorithm=fedvtc_real_finetune"
-  "algorithm=fedvtc $SG algorithm.synthesis.noise_scale=0.5"
+  "algorithm=fedvtc $SG0 algorithm.synthesis.noise_scale=0.5"
   "algorithm=fedproto"
+  "algorithm=fedvtc $SG0 algorithm.kl_reduction=mean"
+  "algorithm=fedvtc $SG0 algorithm.vtc.start_round=4"
+  "algorithm=fedvtc $SG0 algorithm.vtc.train_encoder=true algorithm.vtc.encoder_weight=0.1"
+  "algorithm=fedvtc $SG algorithm.vtc.dm_space=logits"
   "algorithm=fedvtc algorithm.kl_reduction=mean"
-  "algorithm=fedvtc $SG algorithm.vtc.start_round=4"
-  "algorithm=fedvtc $SG algorithm.kl_weight=4.0"
-  "algorithm=fedvtc $SG algorithm.kl_weight=16.0"
 )
 if [[ -n "${READINGS_ONLY:-}" ]]; then  # e.g. READINGS_ONLY="0 3" runs lines 0 and 3 only
   selected=(); for i in $READINGS_ONLY; do selected+=("${READINGS[$i]}"); done; READINGS=("${selected[@]}")

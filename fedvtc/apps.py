@@ -145,10 +145,11 @@ def prepare_reference(s: RunSettings) -> dict[str, Any]:
         train.subset(pool), arch=s.eval.reference_model, num_classes=s.dataset.num_classes,
         in_channels=s.dataset.channels, image_size=s.dataset.image_size, epochs=s.eval.reference_epochs,
         seed=s.seed, test=global_test_set(s),
+        robust_to=(s.dataset.mean, s.dataset.std) if s.eval.reference_robust else None,
     )
     save_reference(model, s.output_dir, test_accuracy=accuracy)
     return {"arch": s.eval.reference_model, "min_epochs": s.eval.reference_epochs, "train_size": int(len(pool)),
-            "global_test_accuracy": accuracy}
+            "robust": s.eval.reference_robust, "global_test_accuracy": accuracy}
 
 
 def make_server_app(s: RunSettings) -> ServerApp:

@@ -51,6 +51,8 @@ class EvalSettings:
     batch_size: int = 512
     reference_model: str | None = "cnn_m"
     reference_epochs: int = 1
+    # Train the reference classifier on blurred, dimmed copies too, so it judges class, not sharpness.
+    reference_robust: bool = True
     # Class-balanced validation images carved from the official training set before partitioning
     # (0 = none): what readings and hyperparameters are chosen on, never the test set.
     validation: int = 0

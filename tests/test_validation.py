@@ -121,3 +121,19 @@ def test_recorder_means_groups_over_the_clients_that_have_them(tmp_path: Path) -
     assert final["validation_accuracy"] == pytest.approx(0.5)
     assert final["validation_accuracy_std"] == pytest.approx(0.1)
     assert "missing-class acc 0.1000" in recorder.round_line(recorder.rounds[0])
+
+
+def test_degraded_copies_keep_labels_and_stay_in_the_pixel_range() -> None:
+    from fedvtc.data import ImageSet
+    from fedvtc.reference import degraded
+
+    mean, std = (0.5,), (0.25,)
+    pixels = torch.rand(40, 1, 28, 28)
+    data = ImageSet((pixels - 0.5) / 0.25, torch.arange(40) % 10)
+    out = degraded(data, mean, std, generator=torch.Generator().manual_seed(0))
+    back = out.x * 0.25 + 0.5
+    assert torch.equal(out.y, data.y) and out.x.shape == data.x.shape
+    assert back.min() >= -1e-5 and back.max() <= 1 + 1e-5
+    # Blurred and dimmed: less variation between neighbouring pixels, a lower mean brightness.
+    assert back.diff(dim=-1).abs().mean() < pixels.diff(dim=-1).abs().mean()
+    assert back.mean() < pixels.mean()
