@@ -81,6 +81,18 @@ def train_reference(
     (the dataset's normalization ``(mean, std)``) it trains on ``data`` plus a ``degraded`` copy of
     it, so that it judges the class of an image, not how sharp it is.
     """
+    threads = torch.get_num_threads()
+    # One thread, whatever the caller runs with: CPU kernels sum in a thread-dependent order, and the
+    # judge must come out the same in a run and in its resume (which may run with other threads).
+    torch.set_num_threads(1)
+    try:
+        return _train_reference(data, arch=arch, num_classes=num_classes, in_channels=in_channels,
+                                image_size=image_size, epochs=epochs, seed=seed, test=test, robust_to=robust_to)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_reference(data, *, arch, num_classes, in_channels, image_size, epochs, seed, test, robust_to):
     if robust_to is not None:
         copy = degraded(data, *robust_to, generator=torch_generator(seed, _REFERENCE_SEED_TAG, 1))
         data = ImageSet(torch.cat([data.x, copy.x]), torch.cat([data.y, copy.y]))
