@@ -27,6 +27,7 @@ from flwr.server.client_proxy import ClientProxy
 from fedvtc.algorithms import get_algorithm
 from fedvtc.apps import build_strategy
 from fedvtc.settings import RunSettings
+from fedvtc.state import clear_states
 
 _OK = Status(Code.OK, "")
 
@@ -65,6 +66,8 @@ def run_in_process(settings: RunSettings, num_rounds: int | None = None) -> list
     ``settings.resume`` it runs only the rounds after that checkpoint's (``fedvtc.checkpoint``).
     """
     num_rounds = num_rounds or settings.num_rounds
+    if not settings.resume:
+        clear_states(settings.state_dir)  # a new run: no client may continue an earlier one
     manager = SimpleClientManager()
     for cid in range(settings.num_clients):
         manager.register(DirectProxy(cid, settings))

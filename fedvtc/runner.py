@@ -22,6 +22,7 @@ from fedvtc.config import ConfigError, RunSettings, build_settings, to_container
 from fedvtc.data import DatasetNotFoundError
 from fedvtc.federated_data import federated_split
 from fedvtc.privacy.leakage import PrivacyEvalError, evaluate_run, preflight
+from fedvtc.state import clear_states
 
 log = logging.getLogger("fedvtc")
 
@@ -62,6 +63,10 @@ def prepare_run(
         raise RunError(f"invalid configuration: {error}") from error
     except CheckpointError as error:
         raise RunError(f"cannot resume: {error}") from error
+    if not settings.resume:
+        removed = clear_states(settings.state_dir)
+        if removed:
+            log.warning("a new run: removed %d client state file(s) of an earlier run from %s", removed, settings.state_dir)
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     resolved = to_container(cfg)

@@ -20,6 +20,19 @@ def state_path(state_dir: str | os.PathLike, cid: int) -> Path:
     return Path(state_dir) / f"client_{cid}.pt"
 
 
+def clear_states(state_dir: str | os.PathLike) -> int:
+    """Remove every client state file (``client_<i>.pt``) from ``state_dir``; return how many.
+
+    A new run starts from scratch: a client finding the state of an earlier run in the same place
+    (a cell run again into its old directory) would silently continue that run instead.
+    """
+    removed = 0
+    for path in Path(state_dir).glob("client_*.pt"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write ``state`` with ``torch.save`` atomically (temporary file + rename)."""
     path = Path(path)

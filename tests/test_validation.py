@@ -137,3 +137,15 @@ def test_degraded_copies_keep_labels_and_stay_in_the_pixel_range() -> None:
     # Blurred and dimmed: less variation between neighbouring pixels, a lower mean brightness.
     assert back.diff(dim=-1).abs().mean() < pixels.diff(dim=-1).abs().mean()
     assert back.mean() < pixels.mean()
+
+
+def test_a_new_run_in_an_old_directory_starts_from_scratch(tmp_path: Path, data_dir: Path) -> None:
+    """A cell run again into its old directory must not continue the earlier run's client states."""
+    from fedvtc.inprocess import run_in_process
+    from fedvtc.runner import prepare_run
+
+    cfg = compose_config([*TINY_RUN, f"data_dir={data_dir}", "algorithm=local", "num_rounds=1"])
+    first = run_in_process(prepare_run(cfg, tmp_path))
+    assert (tmp_path / "client_state" / "client_0.pt").exists()
+    again = run_in_process(prepare_run(cfg, tmp_path))
+    assert again[-1]["global_accuracy"] == first[-1]["global_accuracy"]
