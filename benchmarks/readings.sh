@@ -19,22 +19,25 @@ cd "$(dirname "$0")/.."
 # SG0: the same without distribution matching (dm_weight=0), the reading chosen as the default.
 SG="algorithm.shared_vtc=true algorithm.vtc.synthesize_from=global"
 SG0="$SG algorithm.vtc.dm_weight=0.0"
+# SG0E: SG0 with a VTC budget of one pass over the local data per round (vtc.epochs=1.0).
+SG0E="$SG0 algorithm.vtc.epochs=1.0"
 READINGS=(
-  "algorithm=fedvtc $SG0"
+  "algorithm=fedvtc $SG0E"
   "algorithm=fedvtc"
   "algorithm=local"
   "algorithm=ccvr"
-  "algorithm=fedvtc $SG0 algorithm.vtc.epochs=1.0"
+  "algorithm=fedvtc $SG0"
   "algorithm=fedvtc $SG algorithm.vtc.dm_weight=1.0"
-  "algorithm=fedvtc $SG0 algorithm.synthesis.per_class=150"
   "algorithm=fedproto"
   "algorithm=fedvtc_real_finetune"
-  "algorithm=fedvtc $SG0 algorithm.kl_weight=4.0"
-  "algorithm=fedvtc $SG0 algorithm.synthesis.noise_scale=0.5"
+  "algorithm=fedvtc $SG0 algorithm.vtc.epochs=0.5"
+  "algorithm=fedvtc $SG0E algorithm.synthesis.per_class=150"
+  "algorithm=fedvtc $SG0E algorithm.kl_weight=4.0"
+  "algorithm=fedvtc $SG0E algorithm.synthesis.noise_scale=0.5"
   "algorithm=fedvtc algorithm.shared_vtc=true algorithm.vtc.dm_weight=0.0"
-  "algorithm=fedvtc $SG0 algorithm.vtc.start_round=4"
   "algorithm=fedvtc $SG0 algorithm.vtc.train_encoder=true algorithm.vtc.encoder_weight=0.1"
-  "algorithm=fedvtc $SG0 algorithm.kl_reduction=mean"
+  "algorithm=fedvtc $SG0E algorithm.kl_reduction=mean"
+  "algorithm=fedvtc $SG0E algorithm.vtc.start_round=4"
 )
 if [[ -n "${READINGS_ONLY:-}" ]]; then  # e.g. READINGS_ONLY="0 3" runs lines 0 and 3 only
   selected=(); for i in $READINGS_ONLY; do selected+=("${READINGS[$i]}"); done; READINGS=("${selected[@]}")
