@@ -19,7 +19,7 @@ TINY = ["eval.reference_epochs=1"]
 
 
 def test_every_ablation_of_the_issue_has_a_variant() -> None:
-    wanted = {"no_dm", "no_kl", "head_only", "synthetic_only", "final", "shared_vtc", "full_cov", "real_finetune"}
+    wanted = {"dm", "no_kl", "head_only", "synthetic_only", "final", "private_vtc", "full_cov", "real_finetune"}
     assert wanted <= {v.removeprefix("fedvtc_") for v in VARIANTS}
 
 
