@@ -233,7 +233,7 @@ def test_bad_dp_values_fail_before_training(overrides: list[str], message: str, 
 
 
 def test_valid_dp_config_builds_with_full_covariance(tmp_path: Path) -> None:
-    cfg = compose_config(ON + ["dp.target_epsilon=4", "algorithm=fedvtc_full_cov"])
+    cfg = compose_config([*ON, "dp.target_epsilon=4", "algorithm.covariance=full"])
     settings = build_settings(cfg, output_dir=tmp_path)
     assert settings.dp.enabled and settings.dp.target_epsilon == 4 and settings.dp.noise_multiplier is None
 

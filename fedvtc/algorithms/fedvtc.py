@@ -138,9 +138,9 @@ class FedVTCSettings:
             raise ConfigError(
                 f"algorithm.vtc.start_round must be >= 2 (round 1 has no pooled statistics), got {self.vtc.start_round}"
             )
-        if self.vtc.synthesize_from == "global" and self.shared_vtc and self.schedule != "every_round":
+        if self.vtc.synthesize_from == "global" and self.shared_vtc and self.schedule == "final":
             raise ConfigError(
-                f"algorithm.vtc.synthesize_from=global needs schedule=every_round, got '{self.schedule}' (the "
+                "algorithm.vtc.synthesize_from=global does not work with schedule=final (the "
                 "average it synthesizes with is trained round by round); set algorithm.vtc.synthesize_from=local"
             )
         if self.vtc.encoder_weight < 0 or self.synthesis.noise_scale < 0:
