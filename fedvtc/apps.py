@@ -70,9 +70,26 @@ def run_meta(s: RunSettings) -> dict[str, Any]:
         "device": resolve_device(s.device),
         "dp": dataclasses.asdict(s.dp),
         "max_client_share": s.robust.max_client_share,
-        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "host": host_info(),
         "code": code_version(),
     }
+
+
+def host_info() -> dict[str, Any]:
+    """The machine, for results.json: the same seed gives identical numbers only on the same kind of
+    CPU (kernels differ by instruction set), so the CPU model and torch's capability are recorded."""
+    import torch
+
+    model = platform.processor() or None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:  # not Linux
+        pass
+    return {"machine": platform.machine(), "cpu_model": model, "cpus": os.cpu_count(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version()}
 
 
 def code_version() -> dict[str, Any]:
