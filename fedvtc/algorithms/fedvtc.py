@@ -50,7 +50,7 @@ class VTCSettings:
     steps: int = 60
     # When set, the budget scales with the data instead: this many passes over the local training
     # set (in VTC batches) per round, and ``steps`` is ignored.
-    epochs: float | None = None
+    epochs: float | None = 1.0
     lr: float = 1e-3
     batch_size: int = 32
     dm_weight: float = 0.0
