@@ -58,22 +58,18 @@ def test_reading_option_runs(options: list[str], data_dir: Path, tmp_path: Path,
 
 
 def test_generation_waits_for_its_start_round(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    """start_round=3: a private VTC trains and synthesizes from round 3; the averaged VTC trains from
-    round 2 (so that round 3 has an average to synthesize with) and synthesizes from round 3."""
     monkeypatch.setenv("FEDVTC_DATA_DIR", str(data_dir))
-    for algorithm, trains in (("fedvtc_private_vtc", [False, False, True]), ("fedvtc", [False, True, True])):
-        cfg = compose_config([f"algorithm={algorithm}", "algorithm.vtc.start_round=3", *TINY, *TINY_FEDVTC, *TINY_RUN,
-                              "num_rounds=3"])
-        rounds = run_in_process(build_settings(cfg, output_dir=tmp_path / algorithm))
-        assert ["vtc_train" in r["phase_seconds"] for r in rounds] == trains, algorithm
-        assert ["synthesis" in r["phase_seconds"] for r in rounds] == [False, False, True], algorithm
+    cfg = compose_config(["algorithm.vtc.start_round=3", *TINY, *TINY_FEDVTC, *TINY_RUN, "num_rounds=3"])
+    rounds = run_in_process(build_settings(cfg, output_dir=tmp_path))
+    assert ["vtc_train" in r["phase_seconds"] for r in rounds] == [False, False, True]
 
 
-def test_the_averaged_vtc_trains_from_round_one(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    """The default (a shared VTC synthesizing as averaged): round 1 trains the VTC on each client's own
-    class statistics, round 2 synthesizes with the average of those and trains again."""
+def test_synthesis_from_the_averaged_vtc_waits_for_a_trained_average(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """synthesize_from=global: round 2 trains the VTC only (the average it received is untrained);
+    round 3 synthesizes with the average of round 2's VTCs, then trains."""
     monkeypatch.setenv("FEDVTC_DATA_DIR", str(data_dir))
-    rounds = run_in_process(build_settings(compose_config([*TINY, *TINY_FEDVTC, *TINY_RUN]), output_dir=tmp_path))
-    assert ["vtc_train" in r["phase_seconds"] for r in rounds] == [True, True]
-    assert ["synthesis" in r["phase_seconds"] for r in rounds] == [False, True]
-    assert rounds[0]["bytes_up"] > 100_000  # the VTC goes up from round 1
+    cfg = compose_config(["algorithm.shared_vtc=true", "algorithm.vtc.synthesize_from=global", *TINY, *TINY_FEDVTC,
+                          *TINY_RUN, "num_rounds=3"])
+    rounds = run_in_process(build_settings(cfg, output_dir=tmp_path))
+    assert ["vtc_train" in r["phase_seconds"] for r in rounds] == [False, True, True]
+    assert ["synthesis" in r["phase_seconds"] for r in rounds] == [False, False, True]

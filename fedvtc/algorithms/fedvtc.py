@@ -213,19 +213,12 @@ class FedVTCClient(HeteroClient):
             alignment = Alignment(target, local_vars.clamp_min(a.variance_floor), a.kl_weight, a.kl_reduction)
         self.local_training(server_round, alignment=alignment)
 
-        if self._synthesizes_from_average():
-            # The average it synthesizes with must exist: the VTC trains from the round before
-            # synthesis starts, on the client's own class statistics while there are no pooled ones.
-            if target is not None and server_round >= a.vtc.start_round:
-                self._synthesize_and_finetune(target, server_round, num_rounds)
-            if server_round >= a.vtc.start_round - 1:
-                self._train_vtc(target if target is not None else self._own_gaussians(), server_round)
-        elif target is not None and (
+        generate = target is not None and (
             (a.schedule == "every_round" and server_round >= a.vtc.start_round)
             or (a.schedule == "final" and server_round == num_rounds)
-        ):
-            self._train_vtc(target, server_round)
-            self._synthesize_and_finetune(target, server_round, num_rounds)
+        )
+        if generate:
+            self._generate_and_finetune(target, server_round, num_rounds)
 
         with self.timer("statistics"):
             if self.s.dp.enabled:
@@ -269,17 +262,23 @@ class FedVTCClient(HeteroClient):
             num_examples = max(1, int(round(float(self.local_stats.counts.sum()))))
         return arrays, num_examples, metrics
 
-    def _synthesizes_from_average(self) -> bool:
-        """A shared VTC with ``synthesize_from=global``: synthesis uses the server's average as
-        received, before this client's own VTC steps (which only make its part of the next average)."""
-        a: FedVTCSettings = self.s.algorithm
-        return a.shared_vtc and a.vtc.synthesize_from == "global" and a.schedule == "every_round"
+    def _generate_and_finetune(self, target: GlobalGaussians, server_round: int, num_rounds: int) -> None:
+        """VTC training, synthesis and fine-tuning, in the order the reading asks for.
 
-    def _own_gaussians(self) -> GlobalGaussians:
-        """This client's own class Gaussians, the VTC's latent noise before any pooled statistics exist."""
-        own = feature_statistics(self.model, self._on_device(self.train_data), full=self.s.algorithm.covariance == "full")
-        return GlobalGaussians.from_stats(own, self.s.dataset.num_classes,
-                                          variance_floor=self.s.algorithm.variance_floor, device=self.device)
+        ``vtc.synthesize_from=local``: train this client's VTC, then synthesize with it.
+        ``global`` (shared VTC): synthesize with the decoder as the server averaged it, before this
+        client's VTC steps (which then only make its contribution to the next average, on the
+        fine-tuned extractor's features); the first generation round has no trained average yet, so
+        it only trains.
+        """
+        a: FedVTCSettings = self.s.algorithm
+        if a.vtc.synthesize_from == "local" or not a.shared_vtc:  # a private VTC has no average
+            self._train_vtc(target, server_round)
+            self._synthesize_and_finetune(target, server_round, num_rounds)
+            return
+        if server_round > a.vtc.start_round:
+            self._synthesize_and_finetune(target, server_round, num_rounds)
+        self._train_vtc(target, server_round)
 
     def _train_vtc(self, target: GlobalGaussians, server_round: int) -> None:
         a: FedVTCSettings = self.s.algorithm
