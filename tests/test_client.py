@@ -21,7 +21,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture()
 def settings(data_dir: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("FEDVTC_DATA_DIR", str(data_dir))
-    cfg = compose_config(["experiment=debug", "algorithm.vtc.steps=5", "algorithm.synthesis.per_class=4"])
+    # The private-VTC reading: the client decodes and trains alone (the shared one is tested end to end).
+    cfg = compose_config(["experiment=debug", "algorithm=fedvtc_private_vtc", "algorithm.vtc.steps=5",
+                          "algorithm.synthesis.per_class=4"])
     return build_settings(cfg, output_dir=tmp_path)
 
 

@@ -205,7 +205,8 @@ def test_target_epsilon_to_noise_multiplier_round_trips(target: float, rounds: i
 
 # ---- configuration --------------------------------------------------------------------------------
 
-ON = ["dp.enabled=true"]
+# DP needs a private VTC (a shared one would upload weights trained on private images, unnoised).
+ON = ["dp.enabled=true", "algorithm=fedvtc_private_vtc"]
 
 
 @pytest.mark.parametrize(
@@ -220,7 +221,7 @@ ON = ["dp.enabled=true"]
         (ON + ["dp.noise_multiplier=1", "dp.delta=0"], "dp.delta must be in (0, 1)"),
         (ON + ["dp.noise_multiplier=1", "dp.count_threshold=-1"], "dp.count_threshold must be >= 0"),
         (ON + ["dp.noise_multiplier=1", "algorithm=fedproto"], "implemented for algorithm=fedvtc"),
-        (ON + ["dp.noise_multiplier=1", "algorithm=fedvtc_shared_vtc"], "algorithm.shared_vtc=false"),
+        (["dp.enabled=true", "dp.noise_multiplier=1", "algorithm=fedvtc"], "algorithm.shared_vtc=false"),
         (["dp.enabled=sometimes"], "dp.enabled must be true or false"),
         (["+dp.epsilon=3"], "unknown key(s) ['epsilon']"),
     ],
@@ -232,7 +233,7 @@ def test_bad_dp_values_fail_before_training(overrides: list[str], message: str, 
 
 
 def test_valid_dp_config_builds_with_full_covariance(tmp_path: Path) -> None:
-    cfg = compose_config(ON + ["dp.target_epsilon=4", "algorithm=fedvtc_full_cov"])
+    cfg = compose_config([*ON, "dp.target_epsilon=4", "algorithm.covariance=full"])
     settings = build_settings(cfg, output_dir=tmp_path)
     assert settings.dp.enabled and settings.dp.target_epsilon == 4 and settings.dp.noise_multiplier is None
 
@@ -261,7 +262,7 @@ def test_dp_run_reports_growing_epsilon(data_dir: Path, tmp_path: Path, monkeypa
     cfg = compose_config([
         *TINY_RUN, *TINY_FEDVTC,
         "eval.reference_model=null",  # the reference classifier's training would be 90% of the time
-        "dp.enabled=true", "dp.target_epsilon=8", "dp.delta=1e-4",
+        "dp.enabled=true", "dp.target_epsilon=8", "dp.delta=1e-4", "algorithm=fedvtc_private_vtc",
     ])
     settings = build_settings(cfg, output_dir=tmp_path)
     # run_in_process's loop, keeping each client's fit metrics (results.json keeps a selection).

@@ -19,7 +19,7 @@ TINY = ["eval.reference_epochs=1"]
 
 
 def test_every_ablation_of_the_issue_has_a_variant() -> None:
-    wanted = {"no_dm", "no_kl", "head_only", "synthetic_only", "final", "shared_vtc", "full_cov", "real_finetune"}
+    wanted = {"dm", "no_kl", "head_only", "synthetic_only", "final", "private_vtc", "full_cov", "real_finetune"}
     assert wanted <= {v.removeprefix("fedvtc_") for v in VARIANTS}
 
 
@@ -40,9 +40,9 @@ def test_variant_runs_two_rounds(variant: str, data_dir: Path, tmp_path: Path, m
 # Each reading of METHOD.md §3 that is an option rather than a variant file: it composes and runs.
 # Two runs cover them all (each run is seconds; the unit tests check what each option does).
 READING_OPTIONS = [
-    ["algorithm.vtc.epochs=0.5", "algorithm.vtc.dm_space=logits", "algorithm.vtc.train_encoder=true",
-     "algorithm.vtc.encoder_weight=0.5", "algorithm.synthesis.noise_scale=0.5", "algorithm.kl_weight=4.0",
-     "algorithm.kl_reduction=mean"],
+    ["algorithm=fedvtc_private_vtc", "algorithm.vtc.epochs=0.5", "algorithm.vtc.dm_space=logits",
+     "algorithm.vtc.dm_weight=0.5", "algorithm.vtc.train_encoder=true", "algorithm.vtc.encoder_weight=0.5",
+     "algorithm.synthesis.noise_scale=0.5", "algorithm.kl_weight=4.0", "algorithm.kl_reduction=mean"],
     ["algorithm.shared_vtc=true", "algorithm.vtc.train_encoder=true", "algorithm.vtc.synthesize_from=global",
      "num_rounds=3"],
 ]
@@ -58,10 +58,16 @@ def test_reading_option_runs(options: list[str], data_dir: Path, tmp_path: Path,
 
 
 def test_generation_waits_for_its_start_round(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """start_round=3: the private VTC trains and synthesizes from round 3; the averaged VTC trains
+    from round 3 and synthesizes from round 4, with the average of round 3's VTCs."""
     monkeypatch.setenv("FEDVTC_DATA_DIR", str(data_dir))
-    cfg = compose_config(["algorithm.vtc.start_round=3", *TINY, *TINY_FEDVTC, *TINY_RUN, "num_rounds=3"])
-    rounds = run_in_process(build_settings(cfg, output_dir=tmp_path))
-    assert ["vtc_train" in r["phase_seconds"] for r in rounds] == [False, False, True]
+    for algorithm, trains, synthesizes in (("fedvtc_private_vtc", [False, False, True], [False, False, True]),
+                                           ("fedvtc", [False, False, True], [False, False, False])):
+        cfg = compose_config([f"algorithm={algorithm}", "algorithm.vtc.start_round=3", *TINY, *TINY_FEDVTC,
+                              *TINY_RUN, "num_rounds=3"])
+        rounds = run_in_process(build_settings(cfg, output_dir=tmp_path / algorithm))
+        assert ["vtc_train" in r["phase_seconds"] for r in rounds] == trains, algorithm
+        assert ["synthesis" in r["phase_seconds"] for r in rounds] == synthesizes, algorithm
 
 
 def test_synthesis_from_the_averaged_vtc_waits_for_a_trained_average(data_dir: Path, tmp_path: Path, monkeypatch) -> None:

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def debug_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("debug_run")
-    proc = run_cli(["experiment=debug", f"hydra.run.dir={out}"], data_dir)
+    # 3 rounds: the default's averaged VTC trains from round 2 and synthesizes from round 3.
+    proc = run_cli(["experiment=debug", "num_rounds=3", f"hydra.run.dir={out}"], data_dir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
@@ -34,7 +35,7 @@ def test_results_files_and_accuracy_beats_chance(debug_run: Path) -> None:
     results = json.loads((debug_run / "results.json").read_text())
     for name in ("config.yaml", "accuracy.png", "synthetic_client0.png"):
         assert (debug_run / name).stat().st_size > 0, name
-    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert [r["round"] for r in results["rounds"]] == [1, 2, 3]
     for r in results["rounds"]:
         for key in ("global_accuracy", "global_accuracy_std", "local_accuracy", "bytes_up", "bytes_down", "seconds"):
             assert r[key] is not None, key
@@ -47,17 +48,19 @@ def test_results_files_and_accuracy_beats_chance(debug_run: Path) -> None:
     assert {c["arch"] for c in final["clients"]} == {"cnn_s", "cnn_m", "cnn_l"}
     assert len(results["clients"]) == 3 and len(results["clients"][0]["class_counts"]) == 10
     assert "vtc_train" in results["rounds"][1]["phase_seconds"]
-    # The reference classifier scored the synthetic images of round 2 (none exist in round 1).
+    # The reference classifier scored the synthetic images of round 3, the first made from an
+    # averaged VTC (round 2 only trains the VTCs it averages).
     assert results["meta"]["reference_classifier"]["global_test_accuracy"] > 0.5
-    assert results["rounds"][0]["synthetic_accuracy"] is None
-    assert 0.0 <= results["rounds"][1]["synthetic_accuracy"] <= 1.0
+    assert results["rounds"][1]["synthetic_accuracy"] is None
+    assert 0.0 <= results["rounds"][2]["synthetic_accuracy"] <= 1.0
     # What to check out to reproduce it: this is a git checkout, so the commit is named.
     code = results["meta"]["code"]
     assert code["torch"] and code["flwr"] and len(code["git_commit"] or "") == 40
 
 
 def test_sweep_runs_two_jobs_and_repeats_the_same_metrics(debug_run: Path, data_dir: Path, tmp_path: Path) -> None:
-    proc = run_cli(["-m", "experiment=debug", "seed=0,1", f"hydra.sweep.dir={tmp_path}"], data_dir, timeout=900)
+    proc = run_cli(["-m", "experiment=debug", "num_rounds=3", "seed=0,1", f"hydra.sweep.dir={tmp_path}"], data_dir,
+                   timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     job0 = json.loads((tmp_path / "0" / "results.json").read_text())
     job1 = json.loads((tmp_path / "1" / "results.json").read_text())

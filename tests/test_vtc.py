@@ -84,7 +84,7 @@ def test_dm_in_the_classifier_output_space():
 def test_vtc_budget_scales_with_the_data():
     from fedvtc.algorithms.fedvtc import VTCSettings
 
-    assert VTCSettings(steps=60).steps_for(1000) == 60
+    assert VTCSettings(steps=60, epochs=None).steps_for(1000) == 60
     assert VTCSettings(epochs=1.0, batch_size=32).steps_for(480) == 15
     assert VTCSettings(epochs=0.5, batch_size=32).steps_for(481) == 8  # half of 16 batches
     assert VTCSettings(epochs=0.01, batch_size=32).steps_for(10) == 1  # never zero

@@ -50,10 +50,10 @@ class VTCSettings:
     steps: int = 60
     # When set, the budget scales with the data instead: this many passes over the local training
     # set (in VTC batches) per round, and ``steps`` is ignored.
-    epochs: float | None = None
+    epochs: float | None = 1.0
     lr: float = 1e-3
     batch_size: int = 32
-    dm_weight: float = 1.0
+    dm_weight: float = 0.0
     dm_per_class: int = 4
     dm_space: str = "features"
     grad_clip: float = 10.0
@@ -64,8 +64,9 @@ class VTCSettings:
     train_encoder: bool = False
     encoder_weight: float = 1.0
     # Which decoder synthesizes: "local" (this client's, after its VTC steps of the round) or
-    # "global" (shared VTC only: the server's average as received, before this client's steps).
-    synthesize_from: str = "local"
+    # "global" (with a shared VTC: the server's average as received, before this client's steps;
+    # a private VTC has no average and synthesizes with its own).
+    synthesize_from: str = "global"
 
     def steps_for(self, num_samples: int) -> int:
         """VTC steps this round for a local training set of ``num_samples`` images."""
@@ -97,7 +98,7 @@ class FedVTCSettings:
     kl_reduction: str = "sum"
     variance_floor: float = 1e-3
     schedule: str = "every_round"
-    shared_vtc: bool = False
+    shared_vtc: bool = True
     covariance: str = "diag"
     shrinkage: float = 0.1
     vtc: VTCSettings = field(default_factory=VTCSettings)
@@ -137,10 +138,10 @@ class FedVTCSettings:
             raise ConfigError(
                 f"algorithm.vtc.start_round must be >= 2 (round 1 has no pooled statistics), got {self.vtc.start_round}"
             )
-        if self.vtc.synthesize_from == "global" and (not self.shared_vtc or self.schedule != "every_round"):
+        if self.vtc.synthesize_from == "global" and self.shared_vtc and self.schedule == "final":
             raise ConfigError(
-                "algorithm.vtc.synthesize_from=global needs algorithm.shared_vtc=true and schedule=every_round "
-                "(it synthesizes with the server's averaged VTC); use synthesize_from=local"
+                "algorithm.vtc.synthesize_from=global does not work with schedule=final (the "
+                "average it synthesizes with is trained round by round); set algorithm.vtc.synthesize_from=local"
             )
         if self.vtc.encoder_weight < 0 or self.synthesis.noise_scale < 0:
             raise ConfigError("algorithm.vtc.encoder_weight and algorithm.synthesis.noise_scale must be >= 0")
@@ -271,7 +272,7 @@ class FedVTCClient(HeteroClient):
         it only trains.
         """
         a: FedVTCSettings = self.s.algorithm
-        if a.vtc.synthesize_from == "local":
+        if a.vtc.synthesize_from == "local" or not a.shared_vtc:  # a private VTC has no average
             self._train_vtc(target, server_round)
             self._synthesize_and_finetune(target, server_round, num_rounds)
             return
