@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -112,7 +111,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "bench_sweep")
     args = parser.parse_args()
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "commit": commit}
+    sys.path.insert(0, str(REPO))
+    from fedvtc.apps import host_info
+
+    host = host_info()
+    meta = {"machine": f"{host['cpu_model']} ({host['torch_cpu_capability']})", "cpus": os.cpu_count(), "commit": commit}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         fixed = [fixed_costs(args.cells, args.rounds, keep, root) for keep in (False, True)]
