@@ -24,6 +24,14 @@ NAMES = {
  "algorithm=local": "training alone",
  "algorithm=ccvr": "CCVR (defaults)",
  "algorithm=fedproto": "FedProto (defaults)",
+ "algorithm=fedtgp": "FedTGP (defaults)",
+ "algorithm=fedgen": "FedGen (defaults)",
+ "algorithm=fedtype": "FedType (defaults)",
+ "algorithm.calibration_epochs=5,algorithm.num_virtual_per_class=500,algorithm=ccvr": "CCVR, best of 4 trials (500 virtual features, 5 epochs)",
+ "algorithm.calibration_epochs=1,algorithm.num_virtual_per_class=500,algorithm=ccvr": "CCVR (500, 1)",
+ "algorithm.calibration_epochs=5,algorithm.num_virtual_per_class=100,algorithm=ccvr": "CCVR (100, 5)",
+ "algorithm.proto_weight=0.1,algorithm=fedproto": "FedProto, λ = 0.1 (best of 3)",
+ "algorithm.proto_weight=10.0,algorithm=fedproto": "FedProto, λ = 10",
 }
 def load(root):
     rows = {}
