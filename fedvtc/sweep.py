@@ -30,13 +30,12 @@ def cell_identity(resolved: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in resolved.items() if k != "hydra"}
 
 
-def finished_cell(sweep_dir: str | Path, resolved: Mapping[str, Any], *, exclude: str | Path | None = None) -> Path | None:
+def finished_cell(sweep_dir: str | Path, resolved: Mapping[str, Any]) -> Path | None:
     """A directory under ``sweep_dir`` holding a finished run of this exact config, or None.
 
     Args:
         sweep_dir: the sweep's directory (``hydra.sweep.dir``).
         resolved: this cell's resolved config (as ``fedvtc.config.to_container`` gives it).
-        exclude: never this directory (unused in practice: a cell's own directory counts too).
     """
     root = Path(sweep_dir)
     if not root.is_dir():
@@ -44,8 +43,6 @@ def finished_cell(sweep_dir: str | Path, resolved: Mapping[str, Any], *, exclude
     wanted = cell_identity(resolved)
     for config_path in sorted(root.glob(f"*/{CONFIG_FILE}")):
         run_dir = config_path.parent
-        if exclude is not None and run_dir.resolve() == Path(exclude).resolve():
-            continue
         results = run_dir / RESULTS_FILE
         if not results.exists():
             continue
