@@ -1,19 +1,30 @@
 """Collect the results.json files under one or more directories into a comparison table and plots.
 
-    python benchmarks/compare.py multirun/table_cpu_<time> [more dirs] [--out table] [--plots]
+    python benchmarks/compare.py multirun/table_cpu [more dirs] [--out table] [--plots]
 
 Rows are grouped by (method, dataset, partition), where the method is the algorithm's label
-(``fedvtc``, ``fedproto``, an ablation such as ``fedvtc_no_dm``; a DP run adds its ε). Each row gives
-mean ± std over seeds of: the final-round and the best-round mean global-test accuracy (labelled as
-such; "best round" picks the round with the highest mean over clients, an optimistic figure), the
-final local-test accuracy, bytes up and down per client per round and in total, peak resident memory
-of a client's round (process peak, and what the round's work added above the dataset and runtime),
-seconds per round, and for FedVTC runs the share of synthetic images a reference classifier labels
-with their intended class (overall / for classes the client lacks).
+(``fedvtc``, ``fedproto``, an ablation such as ``fedvtc_dm``; a DP run adds its ε). Each row gives
+mean ± std over seeds of:
+
+- the final-round and the best-round mean global-test accuracy ("best round" picks the round with
+  the highest mean over clients, an optimistic figure), the final local-test accuracy, and the
+  final global-test accuracy on the classes a client holds and on those it lacks;
+- the paired difference per seed (same split and seed) against training alone and against the
+  best baseline of the setting (the one of ``BASELINES`` other than the row's own method with the
+  highest mean final accuracy), with the per-seed values in brackets: a gap whose spread reaches
+  across zero is inside seed noise;
+- communication to a target: the MB (up + down, all clients) exchanged until the run's mean
+  global-test accuracy first reaches the final accuracy of training alone with the same seed, or
+  "never" (with how many seeds reached it when only some did); beside it bytes per client per round
+  and in total;
+- peak resident memory of a client's round (process peak, and what the round's work added above the
+  dataset and runtime), seconds per round, and for FedVTC runs the share of synthetic images a
+  reference classifier labels with their intended class (overall / for the classes a client lacks).
 
 Writes ``<out>.md`` and ``<out>.csv``; with ``--plots`` also ``<out>_accuracy.png`` (mean global-test
-accuracy per round per method, one panel per dataset and partition) and ``<out>_bytes.png`` (final
-accuracy against total bytes exchanged). Prints the markdown.
+accuracy per round per method, a band of ± one std over seeds, one panel per dataset and partition),
+``<out>_missing.png`` (the same for the classes a client lacks) and ``<out>_bytes.png`` (final
+accuracy against MB to the target). Prints the markdown.
 """
 
 from __future__ import annotations
@@ -24,12 +35,18 @@ import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 Key = tuple[str, str, str]  # (method, dataset, partition)
+Run = dict[str, Any]
+
+# The methods FedVTC is compared against; "best baseline" is chosen among them per setting.
+BASELINES = ("local", "fedproto", "fedtgp", "fedgen", "ccvr", "fedtype")
+# Training alone: the reference of the paired differences and of communication to a target.
+REFERENCE = "local"
 
 
-def method_label(results: dict[str, Any]) -> str:
+def method_label(results: Run) -> str:
     """The algorithm's label (an ablation's own name), plus the DP budget of a private run."""
     meta = results["meta"]
     label = meta.get("label") or meta["algorithm"]
@@ -47,13 +64,13 @@ def cell_label(path: Path) -> str:
     return ",".join(parts) or "defaults"
 
 
-def load_runs(dirs: list[Path], *, by_overrides: bool = False) -> dict[Key, list[dict[str, Any]]]:
+def load_runs(dirs: list[Path], *, by_overrides: bool = False) -> dict[Key, list[Run]]:
     """Every finished run (``final`` present) under ``dirs``, grouped by (method, dataset, partition).
 
     ``by_overrides``: the method is the run directory's name (its overrides, seed left out) instead
     of the algorithm's label, so readings of one algorithm get a row each.
     """
-    groups: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[Key, list[Run]] = defaultdict(list)
     for root in dirs:
         for path in sorted(root.rglob("results.json")):
             results = json.loads(path.read_text())
@@ -75,17 +92,25 @@ class MixedRunsError(ValueError):
     """Cells of one table ran with different code or settings; the message names them."""
 
 
-def check_consistency(groups: dict[Key, list[dict[str, Any]]], *, allow_mixed_code: bool = False) -> None:
-    """Refuse to merge cells that ran with different code (git commit, uncommitted changes) or
-    with different experiment settings (``SHARED_META``) than the rest of their dataset's cells."""
+def code_identity(run: Run) -> str:
+    """What code a run ran: the fingerprint of the package's sources where recorded (equal across
+    commits that changed only docs, tests or benchmarks), else the git commit."""
+    code = run["meta"].get("code") or {}
+    if code.get("source_sha256"):
+        return f"sources {code['source_sha256'][:12]}"
+    commit = code.get("git_commit") or "unknown"
+    return commit + (" (with uncommitted changes)" if code.get("git_dirty") else "")
+
+
+def check_consistency(groups: dict[Key, list[Run]], *, allow_mixed_code: bool = False) -> None:
+    """Refuse to merge cells that ran with different code (``code_identity``) or with different
+    experiment settings (``SHARED_META``) than the rest of their dataset's cells."""
     runs = [run for rs in groups.values() for run in rs]
     problems = []
     if not allow_mixed_code:
         codes: dict[str, list[str]] = defaultdict(list)
         for run in runs:
-            code = run["meta"].get("code") or {}
-            commit = code.get("git_commit") or "unknown"
-            codes[commit + (" (with uncommitted changes)" if code.get("git_dirty") else "")].append(run["_path"])
+            codes[code_identity(run)].append(run["_path"])
         if len(codes) > 1:
             problems += [f"code {c}: {len(p)} cell(s), e.g. {p[0]}" for c, p in sorted(codes.items())]
     by_dataset: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
@@ -104,7 +129,50 @@ def check_consistency(groups: dict[Key, list[dict[str, Any]]], *, allow_mixed_co
         )
 
 
-def _fmt(values: list[float | None], scale: float = 1.0, digits: int = 1) -> str:
+# --- the measures of one run -------------------------------------------------------------------
+
+
+def seed_of(run: Run) -> int:
+    return int(run["meta"]["seed"])
+
+
+def final_accuracy(run: Run) -> float:
+    return float(run["final"]["global_accuracy"])
+
+
+def paired_differences(runs: list[Run], references: list[Run]) -> list[float]:
+    """Final global accuracy of each run minus that of the reference run with the same seed, in
+    seed order; seeds without a reference run are left out."""
+    reference = {seed_of(r): final_accuracy(r) for r in references}
+    return [final_accuracy(r) - reference[seed_of(r)] for r in sorted(runs, key=seed_of) if seed_of(r) in reference]
+
+
+def bytes_to_target(run: Run, target: float) -> float | None:
+    """Bytes (up + down, all clients) exchanged up to and including the first evaluated round whose
+    mean global accuracy reaches ``target``; None when no round does."""
+    exchanged = 0.0
+    for r in run["rounds"]:
+        exchanged += (r.get("bytes_up") or 0) + (r.get("bytes_down") or 0)
+        accuracy = r.get("global_accuracy")
+        if accuracy is not None and accuracy >= target:
+            return exchanged
+    return None
+
+
+def best_baseline(groups: dict[Key, list[Run]], dataset: str, partition: str, *, excluding: str) -> str | None:
+    """The baseline with the highest mean final accuracy in one setting, other than ``excluding``."""
+    means = {
+        method: statistics.fmean(final_accuracy(r) for r in groups[(method, dataset, partition)])
+        for method in BASELINES
+        if method != excluding and groups.get((method, dataset, partition))
+    }
+    return max(means, key=means.__getitem__) if means else None
+
+
+# --- formatting --------------------------------------------------------------------------------
+
+
+def _fmt(values: Iterable[float | None], scale: float = 1.0, digits: int = 1) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "–"
@@ -114,13 +182,50 @@ def _fmt(values: list[float | None], scale: float = 1.0, digits: int = 1) -> str
     return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
 
 
-def _rounds(run: dict[str, Any]) -> int:
+def _fmt_paired(differences: list[float], versus: str | None = None) -> str:
+    """``+6.1 ± 0.2 (+6.0, +6.2)`` in percentage points, with what it is against when named."""
+    if not differences:
+        return "–"
+    points = [100 * d for d in differences]
+    text = f"{statistics.fmean(points):+.1f}"
+    if len(points) > 1:
+        text += f" ± {statistics.stdev(points):.1f} (" + ", ".join(f"{p:+.1f}" for p in points) + ")"
+    return f"{text} vs {versus}" if versus else text
+
+
+def _fmt_to_target(values: list[float | None]) -> str:
+    """Mean MB over the seeds that reached the target; "never", or "(k/n seeds)" when only some did."""
+    if not values:
+        return "–"
+    reached = [v / 2**20 for v in values if v is not None]
+    if not reached:
+        return "never"
+    text = f"{statistics.fmean(reached):.2f}"
+    return text if len(reached) == len(values) else f"{text} ({len(reached)}/{len(values)} seeds)"
+
+
+def _rounds(run: Run) -> int:
     return len(run["rounds"])
 
 
-def summarize(key: Key, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One table row: mean ± std over the seeds in ``runs``."""
+def _peak(run: Run, field: str) -> float | None:
+    values = [r[field] for r in run["rounds"] if r.get(field) is not None]
+    return max(values) if values else None
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+
+def targets(groups: dict[Key, list[Run]], dataset: str, partition: str) -> dict[int, float]:
+    """Per seed, the final accuracy of training alone in one setting: the target of "MB to target"."""
+    return {seed_of(r): final_accuracy(r) for r in groups.get((REFERENCE, dataset, partition), [])}
+
+
+def summarize(key: Key, groups: dict[Key, list[Run]]) -> dict[str, Any]:
+    """One table row: mean ± std over the seeds of ``groups[key]``, paired columns against the
+    setting's training alone and best baseline."""
     method, dataset, partition = key
+    runs = groups[key]
     finals = [r["final"] for r in runs]
 
     def per_client_round(total: str) -> list[float]:
@@ -130,6 +235,9 @@ def summarize(key: Key, runs: list[dict[str, Any]]) -> dict[str, Any]:
         values = [[x[field] for x in r["rounds"] if x.get(field) is not None] for r in runs]
         return [v[-1] if v else None for v in values]  # the last round that scored images
 
+    reference_runs = groups.get((REFERENCE, dataset, partition), []) if method != REFERENCE else []
+    best = best_baseline(groups, dataset, partition, excluding=method)
+    target = targets(groups, dataset, partition)
     return {
         "method": method,
         "dataset": dataset,
@@ -138,6 +246,13 @@ def summarize(key: Key, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "final global acc (%)": _fmt([f["global_accuracy"] for f in finals], 100),
         "best-round global acc (%)": _fmt([f["best_round"]["global_accuracy"] for f in finals], 100),
         "final local acc (%)": _fmt([f["local_accuracy"] for f in finals], 100),
+        "held-class acc (%)": _fmt([f.get("global_accuracy_held") for f in finals], 100),
+        "missing-class acc (%)": _fmt([f.get("global_accuracy_missing") for f in finals], 100),
+        f"Δ vs {REFERENCE} (pp, per seed)": _fmt_paired(paired_differences(runs, reference_runs)),
+        "Δ vs best baseline (pp, per seed)": _fmt_paired(
+            paired_differences(runs, groups[(best, dataset, partition)]) if best else [], best),
+        f"MB to {REFERENCE}'s final acc": _fmt_to_target(
+            [bytes_to_target(r, target[seed_of(r)]) for r in runs if seed_of(r) in target]),
         "up KB/client/round": _fmt(per_client_round("total_bytes_up"), 1 / 1024),
         "down KB/client/round": _fmt(per_client_round("total_bytes_down"), 1 / 1024),
         "total MB": _fmt([f["total_bytes_up"] + f["total_bytes_down"] for f in finals], 1 / 2**20, 2),
@@ -146,16 +261,9 @@ def summarize(key: Key, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "s/round": _fmt([f["total_seconds"] / _rounds(r) for f, r in zip(finals, runs)]),
         "synthetic recognised (%)": _fmt(synthetic("synthetic_accuracy"), 100),
         "… of missing classes (%)": _fmt(synthetic("synthetic_accuracy_missing"), 100),
-        "held-class acc (%)": _fmt([f.get("global_accuracy_held") for f in finals], 100),
-        "missing-class acc (%)": _fmt([f.get("global_accuracy_missing") for f in finals], 100),
         "validation acc (%)": _fmt([f.get("validation_accuracy") for f in finals], 100),
         "validation missing-class acc (%)": _fmt([f.get("validation_accuracy_missing") for f in finals], 100),
     }
-
-
-def _peak(run: dict[str, Any], field: str) -> float | None:
-    values = [r[field] for r in run["rounds"] if r.get(field) is not None]
-    return max(values) if values else None
 
 
 def collect(dirs: list[Path], *, by_overrides: bool = False, allow_mixed_code: bool = False) -> list[dict[str, Any]]:
@@ -164,7 +272,7 @@ def collect(dirs: list[Path], *, by_overrides: bool = False, allow_mixed_code: b
     groups = load_runs(dirs, by_overrides=by_overrides)
     check_consistency(groups, allow_mixed_code=allow_mixed_code)
     keys = sorted(groups, key=lambda k: (k[1], k[2], k[0]))
-    return [summarize(k, groups[k]) for k in keys]
+    return [summarize(k, groups) for k in keys]
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
@@ -176,8 +284,25 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(groups: dict[Key, list[dict[str, Any]]], out: Path) -> list[Path]:
-    """Accuracy per round per method, and final accuracy against total bytes, per setting."""
+# --- the plots ---------------------------------------------------------------------------------
+
+
+def per_round(runs: list[Run], field: str) -> tuple[list[int], list[float], list[float]]:
+    """Rounds, mean and std over seeds (in %) of a per-round field, over the rounds that have it."""
+    values: dict[int, list[float]] = defaultdict(list)
+    for run in runs:
+        for r in run["rounds"]:
+            if r.get(field) is not None:
+                values[r["round"]].append(100 * r[field])
+    rounds = sorted(values)
+    means = [statistics.fmean(values[x]) for x in rounds]
+    stds = [statistics.stdev(values[x]) if len(values[x]) > 1 else 0.0 for x in rounds]
+    return rounds, means, stds
+
+
+def plot(groups: dict[Key, list[Run]], out: Path) -> list[Path]:
+    """Accuracy and missing-class accuracy per round per method (band over seeds), and final
+    accuracy against MB to the target, one panel per setting."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,59 +313,70 @@ def plot(groups: dict[Key, list[dict[str, Any]]], out: Path) -> list[Path]:
     methods = sorted({m for m, _, _ in groups})
     colours = {m: plt.cm.tab20(i % 20) for i, m in enumerate(methods)}
     n = len(settings)
-    paths = []
 
-    def panels() -> tuple[Any, Any, list[tuple[Any, str, list[dict[str, Any]]]]]:
-        """A new figure with one panel per setting, and (panel, method, runs) for every cell."""
+    def style(method: str) -> str:
+        return ":" if "DP" in method else "--" if "_" in method else "-"  # ablations dashed, DP dotted
+
+    def figure(ylabel: str, xlabel: str) -> tuple[Any, list[tuple[Any, str, str, str]]]:
+        """A figure with one panel per setting, and (panel, method, dataset, partition) per cell."""
         fig, axes = plt.subplots(1, n, figsize=(5 * n, 4), squeeze=False)
         for ax, (dataset, partition) in zip(axes[0], settings):
             ax.set_title(f"{dataset}, {partition}")
             ax.grid(alpha=0.3)
-        cells = [
-            (ax, method, groups[(method, d, p)])
-            for ax, (d, p) in zip(axes[0], settings) for method in methods if groups.get((method, d, p))
-        ]
-        return fig, axes, cells
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+        cells = [(ax, m, d, p) for ax, (d, p) in zip(axes[0], settings) for m in methods if groups.get((m, d, p))]
+        return fig, cells
 
-    fig, axes, cells = panels()
-    for ax, method, runs in cells:
-        per_round: dict[int, list[float]] = defaultdict(list)
-        for run in runs:
-            for r in run["rounds"]:
-                if r.get("global_accuracy") is not None:
-                    per_round[r["round"]].append(100 * r["global_accuracy"])
-        xs = sorted(per_round)
-        style = ":" if "DP" in method else "--" if "_" in method else "-"  # ablations dashed, DP dotted
-        ax.plot(xs, [statistics.fmean(per_round[x]) for x in xs], style, marker="o", ms=3,
-                color=colours[method], label=method)
-    for ax in axes[0]:
-        ax.set_xlabel("round")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
-        ax.set_ylabel("global-test accuracy (%), mean over clients and seeds")
-    legend: dict[str, Any] = {}  # every method once, whichever panel it appears in
-    for ax in axes[0]:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            legend.setdefault(label, handle)
-    axes[0][-1].legend(legend.values(), legend.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    paths.append(out.with_name(out.name + "_accuracy.png"))
-    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    def save(fig: Any, suffix: str) -> Path:
+        legend: dict[str, Any] = {}  # every method once, whichever panel it appears in
+        for ax in fig.axes:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(label, handle)
+        fig.axes[-1].legend(legend.values(), legend.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        fig.tight_layout()
+        path = out.with_name(f"{out.name}_{suffix}.png")
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        return path
 
-    fig, axes, cells = panels()
-    for ax, method, runs in cells:
-        mb = statistics.fmean((r["final"]["total_bytes_up"] + r["final"]["total_bytes_down"]) / 2**20 for r in runs)
-        acc = statistics.fmean(100 * r["final"]["global_accuracy"] for r in runs)
-        ax.scatter(max(mb, 1e-3), acc, color=colours[method], label=method)
-        ax.annotate(method, (max(mb, 1e-3), acc), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    for ax in axes[0]:
-        ax.set_xscale("log")
-        ax.set_xlabel("total MB exchanged (all clients, all rounds; log)")
-        ax.set_ylabel("final global-test accuracy (%)")
-    fig.tight_layout()
-    paths.append(out.with_name(out.name + "_bytes.png"))
-    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    paths = []
+    for field, suffix, what in (("global_accuracy", "accuracy", "global-test accuracy"),
+                                ("global_accuracy_missing", "missing", "accuracy on classes a client lacks")):
+        fig, cells = figure(f"{what} (%)", "round")
+        fig.suptitle("mean over clients; band: ± 1 std over seeds", fontsize=8)
+        for ax, method, dataset, partition in cells:
+            rounds, means, stds = per_round(groups[(method, dataset, partition)], field)
+            if not rounds:
+                continue
+            ax.plot(rounds, means, style(method), marker="o", ms=2, color=colours[method], label=method)
+            ax.fill_between(rounds, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                            color=colours[method], alpha=0.15, linewidth=0)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
+        paths.append(save(fig, suffix))
+
+    fig, cells = figure("final global-test accuracy (%)", f"MB exchanged until {REFERENCE}'s final accuracy (symlog)")
+    never: dict[Any, list[str]] = defaultdict(list)  # per panel, the methods that never got there
+    for ax, method, dataset, partition in cells:
+        runs = groups[(method, dataset, partition)]
+        target = targets(groups, dataset, partition)
+        reached = [s / 2**20 for r in runs if seed_of(r) in target
+                   if (s := bytes_to_target(r, target[seed_of(r)])) is not None]
+        accuracy = statistics.fmean(100 * final_accuracy(r) for r in runs)
+        if not target:
+            continue  # no training alone in this setting: no target
+        if not reached:
+            never[ax].append(f"{method} ({accuracy:.1f} %)")
+            continue
+        x = statistics.fmean(reached)
+        ax.scatter(x, accuracy, color=colours[method], label=method)
+        ax.annotate(method, (x, accuracy), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    for ax in fig.axes:
+        ax.set_xscale("symlog", linthresh=0.01)
+        if never[ax]:
+            ax.text(0.98, 0.02, "never reached:\n" + "\n".join(never[ax]), transform=ax.transAxes,
+                    ha="right", va="bottom", fontsize=6)
+    paths.append(save(fig, "bytes"))
     return paths
 
 
@@ -248,11 +384,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="directories searched for results.json")
     parser.add_argument("--out", type=Path, default=None, help="write <out>.md and <out>.csv")
-    parser.add_argument("--plots", action="store_true", help="also write <out>_accuracy.png and <out>_bytes.png")
+    parser.add_argument("--plots", action="store_true",
+                        help="also write <out>_accuracy.png, <out>_missing.png and <out>_bytes.png")
     parser.add_argument("--by-overrides", action="store_true",
                         help="one row per run directory name (its overrides, seed pooled), e.g. for experiment=readings")
     parser.add_argument("--allow-mixed-code", action="store_true",
-                        help="merge cells run at different git commits (settings must still agree)")
+                        help="merge cells run with different code (settings must still agree)")
     args = parser.parse_args()
     try:
         rows = collect(args.dirs, by_overrides=args.by_overrides, allow_mixed_code=args.allow_mixed_code)

@@ -3,6 +3,7 @@
 # grid (RESULTS.md "Readings"): the same protocol, cell and seed as FedVTC's readings.
 #
 #   bash benchmarks/tune_baselines.sh mnist 0.1
+#   TUNE_ONLY="fedtgp fedgen" bash benchmarks/tune_baselines.sh mnist 0.1   # only these grids
 #
 # Cells land beside FedVTC's readings in multirun/readings/<dataset>_a<alpha>/, named after their
 # overrides; started again, only unfinished cells run.
@@ -21,6 +22,8 @@ GRIDS=(
   "algorithm=fedtype algorithm.conformal_alpha=0.05,0.1,0.2"
 )
 for grid in "${GRIDS[@]}"; do
+  algorithm=${grid%% *}
+  if [[ -n "${TUNE_ONLY:-}" && " ${TUNE_ONLY} " != *" ${algorithm#algorithm=} "* ]]; then continue; fi
   # shellcheck disable=SC2086  # a grid is a list of overrides
   "$python" run_simulation.py -m experiment=readings "dataset=${dataset}" "partition.alpha=${alpha}" $grid "$@"
 done

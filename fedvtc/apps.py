@@ -7,6 +7,7 @@ use the same factories, so both paths run exactly the same code.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import platform
 import subprocess
@@ -109,7 +110,25 @@ def code_version() -> dict[str, Any]:
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip() != ""
     except (OSError, subprocess.SubprocessError):  # not a checkout, or no git: versions only
         commit, dirty = None, None
-    return {**versions, "git_commit": commit, "git_dirty": dirty}
+    return {**versions, "git_commit": commit, "git_dirty": dirty, "source_sha256": source_fingerprint()}
+
+
+# Modules that launch or report runs but never run inside one, so they cannot move its numbers.
+NOT_IN_A_RUN = frozenset({"deploy.py", "plots.py", "sweep.py"})
+
+
+def source_fingerprint() -> str:
+    """SHA-256 of this package's Python sources (``NOT_IN_A_RUN`` left out): equal for runs of the
+    same code whatever else changed in the repository (docs, tests, benchmarks), so a table built in
+    parts over several commits can check that its cells ran the same code (benchmarks/compare.py)."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package).as_posix()
+        if relative in NOT_IN_A_RUN:
+            continue
+        digest.update(relative.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def build_strategy(s: RunSettings) -> HeteroStrategy:

@@ -17,20 +17,27 @@ import compare  # noqa: E402
 
 
 def _write(root: Path, name: str, *, acc: float, seed: int = 0, commit: str = "a" * 40, rounds: int = 3,
-           missing: float | None = 0.2) -> None:
+           missing: float | None = 0.2, label: str = "fedvtc", curve: list[float] | None = None,
+           bytes_per_round: int = 2000, source: str | None = None) -> None:
+    """A results.json as a run writes it. ``curve``: the mean global accuracy of each round (its last
+    value is the final accuracy); default ``acc`` in every round."""
+    curve = curve or [acc] * rounds
+    rounds = len(curve)
     final = {
-        "global_accuracy": acc, "best_round": {"global_accuracy": acc}, "local_accuracy": 0.9,
-        "total_bytes_up": 3000, "total_bytes_down": 3000, "total_seconds": 6.0,
-        "global_accuracy_held": 0.8, "global_accuracy_missing": missing, "validation_accuracy": acc - 0.01,
-        "validation_accuracy_missing": missing,
+        "global_accuracy": curve[-1], "best_round": {"global_accuracy": max(curve)}, "local_accuracy": 0.9,
+        "total_bytes_up": bytes_per_round * rounds // 2, "total_bytes_down": bytes_per_round * rounds // 2,
+        "total_seconds": 2.0 * rounds, "global_accuracy_held": 0.8, "global_accuracy_missing": missing,
+        "validation_accuracy": curve[-1] - 0.01, "validation_accuracy_missing": missing,
     }
     results = {
-        "meta": {"algorithm": "fedvtc", "label": "fedvtc", "dataset": "mnist", "partition_label": "Dirichlet alpha=0.1",
+        "meta": {"algorithm": label, "label": label, "dataset": "mnist", "partition_label": "Dirichlet alpha=0.1",
                  "num_clients": 2, "num_rounds": rounds, "train_fraction": 0.1, "zoo": "cpu", "feature_dim": 64,
                  "global_test_set": "subset", "eval_every": 1, "seed": seed,
-                 "code": {"git_commit": commit, "git_dirty": False}},
-        "rounds": [{"round": r, "global_accuracy": acc, "synthetic_accuracy": 0.5, "synthetic_accuracy_missing": 0.4,
-                    "peak_rss_mb": 100.0, "work_rss_mb": 10.0} for r in range(1, rounds + 1)],
+                 "code": {"git_commit": commit, "git_dirty": False, "source_sha256": source}},
+        "rounds": [{"round": r, "global_accuracy": a, "global_accuracy_missing": missing,
+                    "bytes_up": bytes_per_round // 2, "bytes_down": bytes_per_round // 2,
+                    "synthetic_accuracy": 0.5, "synthetic_accuracy_missing": 0.4,
+                    "peak_rss_mb": 100.0, "work_rss_mb": 10.0} for r, a in enumerate(curve, start=1)],
         "final": final,
     }
     run = root / f"{name},seed={seed}"
@@ -65,3 +72,65 @@ def test_cells_of_other_code_or_settings_are_refused_by_name(tmp_path: Path) -> 
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "compare.py"), str(tmp_path / "part1"),
                            str(tmp_path / "part3")], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "part3" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _table(root: Path) -> None:
+    """Training alone, CCVR and FedVTC over two seeds of one setting, with known curves and bytes."""
+    _write(root, "algorithm=local", label="local", acc=0.30, seed=0, curve=[0.20, 0.28, 0.30], bytes_per_round=0)
+    _write(root, "algorithm=local", label="local", acc=0.34, seed=1, curve=[0.22, 0.30, 0.34], bytes_per_round=0)
+    _write(root, "algorithm=ccvr", label="ccvr", acc=0.33, seed=0, curve=[0.20, 0.31, 0.33], bytes_per_round=1000)
+    _write(root, "algorithm=ccvr", label="ccvr", acc=0.33, seed=1, curve=[0.22, 0.30, 0.33], bytes_per_round=1000)
+    # FedVTC reaches local's final accuracy in round 2 with seed 0 and in round 3 with seed 1.
+    _write(root, "algorithm=fedvtc", label="fedvtc", acc=0.40, seed=0, curve=[0.20, 0.31, 0.40], bytes_per_round=2**20)
+    _write(root, "algorithm=fedvtc", label="fedvtc", acc=0.38, seed=1, curve=[0.20, 0.30, 0.38], bytes_per_round=2**20)
+    # An ablation that reaches it with one seed only, and one that never does.
+    _write(root, "algorithm=fedvtc_dm", label="fedvtc_dm", acc=0.31, seed=0, curve=[0.2, 0.3, 0.31], bytes_per_round=2**20)
+    _write(root, "algorithm=fedvtc_dm", label="fedvtc_dm", acc=0.30, seed=1, curve=[0.2, 0.3, 0.30], bytes_per_round=2**20)
+    _write(root, "algorithm=fedvtc_no_kl", label="fedvtc_no_kl", acc=0.1, seed=0, bytes_per_round=2**20)
+    _write(root, "algorithm=fedvtc_no_kl", label="fedvtc_no_kl", acc=0.1, seed=1, bytes_per_round=2**20)
+
+
+def test_paired_differences_per_seed_against_training_alone_and_the_best_baseline(tmp_path: Path) -> None:
+    _table(tmp_path)
+    rows = {r["method"]: r for r in compare.collect([tmp_path])}
+    # FedVTC - local: +10 and +4 points; - CCVR (the best baseline: 33.0 against local's 32.0): +7 and +5.
+    assert rows["fedvtc"]["Δ vs local (pp, per seed)"] == "+7.0 ± 4.2 (+10.0, +4.0)"
+    assert rows["fedvtc"]["Δ vs best baseline (pp, per seed)"] == "+6.0 ± 1.4 (+7.0, +5.0) vs ccvr"
+    # A baseline is compared with the best other baseline; training alone not with itself.
+    assert rows["ccvr"]["Δ vs best baseline (pp, per seed)"] == "+1.0 ± 2.8 (+3.0, -1.0) vs local"
+    assert rows["local"]["Δ vs local (pp, per seed)"] == "–"
+
+
+def test_megabytes_to_the_final_accuracy_of_training_alone(tmp_path: Path) -> None:
+    _table(tmp_path)
+    rows = {r["method"]: r for r in compare.collect([tmp_path])}
+    column = "MB to local's final acc"
+    assert rows["fedvtc"][column] == "2.50"  # 2 rounds of 1 MB (seed 0), 3 rounds (seed 1)
+    assert rows["fedvtc_dm"][column] == "2.00 (1/2 seeds)"  # 30 % in round 2 of seed 0; seed 1 never 34 %
+    assert rows["fedvtc_no_kl"][column] == "never"
+    assert rows["local"][column] == "0.00"  # its own final accuracy, with nothing exchanged
+    run = json.loads((tmp_path / "algorithm=fedvtc,seed=0" / "results.json").read_text())
+    assert compare.bytes_to_target(run, 0.31) == 2 * 2**20
+    assert compare.bytes_to_target(run, 0.41) is None
+
+
+def test_plots_of_accuracy_missing_classes_and_bytes(tmp_path: Path) -> None:
+    _table(tmp_path / "runs")
+    out = tmp_path / "table"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "compare.py"), str(tmp_path / "runs"),
+                           "--out", str(out), "--plots"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for suffix in ("accuracy", "missing", "bytes"):
+        assert (tmp_path / f"table_{suffix}.png").stat().st_size > 10_000
+    header = (tmp_path / "table.csv").read_text().splitlines()[0]
+    assert "MB to local's final acc" in header and "Δ vs best baseline (pp, per seed)" in header
+
+
+def test_the_source_fingerprint_lets_parts_of_other_commits_merge(tmp_path: Path) -> None:
+    # Same package sources, different commits (e.g. only docs changed between the parts): one table.
+    _write(tmp_path / "part1", "algorithm=fedvtc", acc=0.30, commit="a" * 40, source="f" * 64)
+    _write(tmp_path / "part2", "algorithm=fedvtc", acc=0.31, seed=1, commit="b" * 40, source="f" * 64)
+    assert compare.collect([tmp_path / "part1", tmp_path / "part2"])[0]["seeds"] == 2
+    _write(tmp_path / "part3", "algorithm=fedvtc", acc=0.31, seed=2, commit="b" * 40, source="e" * 64)
+    with pytest.raises(compare.MixedRunsError, match="sources eeeeeeeeeeee"):
+        compare.collect([tmp_path / "part1", tmp_path / "part3"])

@@ -272,6 +272,9 @@ class FedVTCClient(HeteroClient):
         it only trains.
         """
         a: FedVTCSettings = self.s.algorithm
+        if a.finetune.data == "real":  # the control: the same fine-tuning, no generator to train
+            self._synthesize_and_finetune(target, server_round, num_rounds)
+            return
         if a.vtc.synthesize_from == "local" or not a.shared_vtc:  # a private VTC has no average
             self._train_vtc(target, server_round)
             self._synthesize_and_finetune(target, server_round, num_rounds)
@@ -299,7 +302,7 @@ class FedVTCClient(HeteroClient):
         key = (self.s.seed, self.cid, server_round)
         train = self._on_device(self.train_data)
         synthetic = None
-        if a.finetune.data != "real" or self._wants_grid(server_round, num_rounds):
+        if a.finetune.data != "real":
             with self.timer("synthesis"):
                 synthetic = synthesize(
                     self.vtc, target, per_class=a.synthesis.per_class,
