@@ -24,7 +24,7 @@ from fedvtc.checkpoint import attach as attach_checkpoints
 from fedvtc.settings import RunSettings, resolve_device
 from fedvtc.data import load_dataset
 from fedvtc.federated_data import federated_split, global_test_set
-from fedvtc.reference import save_reference, train_reference
+from fedvtc.reference import reference_from_cache, reference_key, reference_to_cache, save_reference, train_reference
 from fedvtc.results import ResultsRecorder
 from fedvtc.strategy import HeteroStrategy
 
@@ -177,15 +177,23 @@ def prepare_reference(s: RunSettings) -> dict[str, Any]:
     train, _ = load_dataset(s.dataset, s.data_dir)
     split = federated_split(s)
     pool = np.sort(np.concatenate(split.train + split.test))
-    model, accuracy = train_reference(
-        train.subset(pool), arch=s.eval.reference_model, num_classes=s.dataset.num_classes,
-        in_channels=s.dataset.channels, image_size=s.dataset.image_size, epochs=s.eval.reference_epochs,
-        seed=s.seed, test=global_test_set(s),
-        robust_to=(s.dataset.mean, s.dataset.std) if s.eval.reference_robust else None,
-    )
-    save_reference(model, s.output_dir, test_accuracy=accuracy)
+    test = global_test_set(s)
+    key = reference_key(pool=pool, dataset=dataclasses.asdict(s.dataset), arch=s.eval.reference_model,
+                        epochs=s.eval.reference_epochs, seed=s.seed, robust=s.eval.reference_robust,
+                        global_subset=s.eval.global_subset, code=source_fingerprint())
+    accuracy = reference_from_cache(key, s.output_dir)
+    cached = accuracy is not False
+    if not cached:
+        model, accuracy = train_reference(
+            train.subset(pool), arch=s.eval.reference_model, num_classes=s.dataset.num_classes,
+            in_channels=s.dataset.channels, image_size=s.dataset.image_size, epochs=s.eval.reference_epochs,
+            seed=s.seed, test=test,
+            robust_to=(s.dataset.mean, s.dataset.std) if s.eval.reference_robust else None,
+        )
+        save_reference(model, s.output_dir, test_accuracy=accuracy)
+        reference_to_cache(key, model, accuracy)
     return {"arch": s.eval.reference_model, "min_epochs": s.eval.reference_epochs, "train_size": int(len(pool)),
-            "robust": s.eval.reference_robust, "global_test_accuracy": accuracy}
+            "robust": s.eval.reference_robust, "global_test_accuracy": accuracy, "from_cache": cached}
 
 
 def make_server_app(s: RunSettings) -> ServerApp:

@@ -106,24 +106,100 @@ def _train_reference(data, *, arch, num_classes, in_channels, image_size, epochs
     return model, accuracy
 
 
-def save_reference(model: HeteroModel, directory: str | os.PathLike, *, test_accuracy: float | None) -> Path:
-    path = Path(directory) / REFERENCE_FILE
+def save_reference(model: HeteroModel, directory: str | os.PathLike, *, test_accuracy: float | None,
+                   file: str = REFERENCE_FILE) -> Path:
+    path = Path(directory) / file
     save_state(path, {"arch": model.arch, "model": model.state_dict(), "test_accuracy": test_accuracy,
                       "sizes": (model.num_classes, model.in_channels, model.image_size)})
     return path
 
 
-def load_reference(directory: str | os.PathLike) -> HeteroModel | None:
+# The last reference loaded in this process, by file identity: a client scores its images with the
+# same judge every round, and a Ray actor serves many clients of one run.
+_LOADED: dict[str, tuple[tuple[int, int], HeteroModel]] = {}
+
+
+def load_reference(directory: str | os.PathLike, *, file: str = REFERENCE_FILE) -> HeteroModel | None:
     """The run's reference classifier, or None when the run has none (e.g. on a remote SuperNode)."""
-    path = Path(directory) / REFERENCE_FILE
-    if not path.exists():
+    path = Path(directory) / file
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
         return None
+    identity = (stat.st_mtime_ns, stat.st_size)
+    cached = _LOADED.get(str(path))
+    if cached is not None and cached[0] == identity:
+        return cached[1]
     state = torch.load(path, map_location="cpu", weights_only=False)
     num_classes, in_channels, image_size = state["sizes"]
     model = create_model(state["arch"], num_classes=num_classes, feature_dim=64, in_channels=in_channels,
                          image_size=image_size)
     model.load_state_dict(state["model"])
-    return model.eval()
+    model.eval()
+    _LOADED.clear()  # one judge at a time: a sweep's cells each have their own
+    _LOADED[str(path)] = (identity, model)
+    return model
+
+
+def _reference_accuracy(directory: Path, file: str) -> float | None:
+    return torch.load(directory / file, map_location="cpu", weights_only=False).get("test_accuracy")
+
+
+# --- the cache of trained judges -------------------------------------------------------------------
+# A judge is a pure function of its training pool, its settings and the code (it trains on one
+# thread, so the same inputs give the same weights bit for bit). The cells of a sweep that share a
+# pool (every FedVTC variant of one dataset, seed and training fraction, whatever the partition)
+# share one judge instead of each training its own: the cache keeps trained judges by a key of all
+# of that (``reference_key``), in $FEDVTC_CACHE_DIR (default ~/.cache/fedvtc; "off" disables it).
+
+
+def cache_dir() -> Path | None:
+    """Where trained judges are kept, or None when ``FEDVTC_CACHE_DIR=off``."""
+    configured = os.environ.get("FEDVTC_CACHE_DIR", "")
+    if configured.lower() == "off":
+        return None
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "fedvtc"
+
+
+def reference_key(**inputs: object) -> str:
+    """A digest of everything a judge depends on, as the caller names it: the pool's indices, the
+    settings, the test subset, and the code (``fedvtc.apps.source_fingerprint``)."""
+    import hashlib
+    import json
+
+    def plain(value: object) -> object:
+        if isinstance(value, np.ndarray):
+            return hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()
+        return value
+
+    text = json.dumps({k: plain(v) for k, v in sorted(inputs.items())}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def reference_from_cache(key: str, output_dir: str | os.PathLike) -> float | None | bool:
+    """Copy the cached judge of ``key`` into ``output_dir``; its test accuracy, or False on a miss."""
+    directory = cache_dir()
+    name = f"reference-{key[:32]}.pt"
+    if directory is None or not (directory / name).exists():
+        return False
+    try:
+        model = load_reference(directory, file=name)
+        accuracy = _reference_accuracy(directory, name)
+    except Exception:  # a damaged entry is a miss; it is rewritten after training
+        return False
+    save_reference(model, output_dir, test_accuracy=accuracy)
+    return accuracy
+
+
+def reference_to_cache(key: str, model: HeteroModel, test_accuracy: float | None) -> None:
+    """Keep a trained judge for later runs (best effort: an unwritable cache only costs time)."""
+    directory = cache_dir()
+    if directory is None:
+        return
+    try:
+        save_reference(model, directory, test_accuracy=test_accuracy, file=f"reference-{key[:32]}.pt")
+    except OSError:
+        pass
 
 
 @torch.no_grad()

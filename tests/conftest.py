@@ -17,6 +17,18 @@ _MATERIALIZE_CANDIDATES = (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def judge_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Trained reference classifiers are cached for the session only (not in ~/.cache), so every
+    test session starts as a fresh machine does; subprocesses inherit the variable."""
+    configured = os.environ.get("FEDVTC_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    path = tmp_path_factory.mktemp("judge_cache")
+    os.environ["FEDVTC_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A torchvision data root holding at least MNIST and CIFAR-10.
@@ -39,3 +51,31 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=300,
     )
     return root
+
+
+@pytest.fixture(scope="session")
+def warm_simulation(data_dir: Path):
+    """Run real Flower simulations (Ray backend) in this process, as the cells of a multirun run:
+    one Ray runtime and one pool of client actors shared by every test that asks for it (each run
+    is still a whole Flower simulation, and gives exactly the metrics it gives alone: see
+    test_simulation). Returns ``run(overrides, out) -> results.json``; Ray is stopped at the end of
+    the session.
+
+    For the tests that only read what a run wrote; one run per entry point (``run_simulation.py``,
+    ``flwr run``, a deployment) still goes through its own process.
+    """
+    import json
+
+    from fedvtc import warm_ray
+    from fedvtc.runner import prepare_run, simulate
+    from helpers import compose_config
+
+    def run(overrides: list[str], out: Path) -> dict:
+        settings = prepare_run(compose_config([f"data_dir={data_dir}", *overrides]), out)
+        simulate(settings, in_sweep=True)
+        return json.loads((out / "results.json").read_text())
+
+    try:
+        yield run
+    finally:
+        warm_ray.shutdown()

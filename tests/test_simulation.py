@@ -59,13 +59,17 @@ def test_results_files_and_accuracy_beats_chance(debug_run: Path) -> None:
 
 
 def test_sweep_runs_two_jobs_and_repeats_the_same_metrics(debug_run: Path, data_dir: Path, tmp_path: Path) -> None:
-    proc = run_cli(["-m", "experiment=debug", "num_rounds=3", "seed=0,1", f"hydra.sweep.dir={tmp_path}"], data_dir,
+    # Seed 1 first: the seed-0 cell then runs second, on the first cell's warm Ray runtime and
+    # client actors, and is compared with the same cell run alone (the fixture).
+    proc = run_cli(["-m", "experiment=debug", "num_rounds=3", "seed=1,0", f"hydra.sweep.dir={tmp_path}"], data_dir,
                    timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    job0 = json.loads((tmp_path / "0" / "results.json").read_text())
-    job1 = json.loads((tmp_path / "1" / "results.json").read_text())
+    job1 = json.loads((tmp_path / "0" / "results.json").read_text())
+    job0 = json.loads((tmp_path / "1" / "results.json").read_text())
+    assert (job0["meta"]["seed"], job1["meta"]["seed"]) == (0, 1)
     reference = json.loads((debug_run / "results.json").read_text())
-    # Same config and seed as the fixture run: identical metrics, whatever order Ray ran clients in.
+    # Same config and seed as the fixture run: identical metrics, whatever order Ray ran clients in,
+    # and although it ran on a warm runtime.
     assert _round_metrics(job0) == _round_metrics(reference)
     assert job0["clients"] == reference["clients"]
     # Another seed: another partition and other metrics.
@@ -88,12 +92,9 @@ def test_sweep_runs_two_jobs_and_repeats_the_same_metrics(debug_run: Path, data_
     assert (tmp_path / "table_bytes.png").stat().st_size > 0
 
 
-def test_a_failing_client_does_not_stop_the_run(data_dir: Path, tmp_path: Path) -> None:
-    proc = run_cli(
-        ["experiment=debug", "faults.clients=[1]", "faults.rounds=[2]", f"hydra.run.dir={tmp_path}"], data_dir
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+def test_a_failing_client_does_not_stop_the_run(warm_simulation, tmp_path: Path) -> None:
+    results = warm_simulation(["experiment=debug", "faults.clients=[1]", "faults.rounds=[2]",
+                               "eval.reference_model=null"], tmp_path)
     first, second = results["rounds"]
     assert (first["failures"], first["accepted"]) == (0, 3)
     assert (second["failures"], second["accepted"]) == (1, 2)  # pooled from the two others
@@ -109,12 +110,8 @@ BASELINE_DOWNLOADS = {
 
 
 @pytest.mark.parametrize("algorithm", sorted(BASELINE_DOWNLOADS))
-def test_every_baseline_runs_two_rounds_through_flower(algorithm: str, data_dir: Path, tmp_path: Path) -> None:
-    args = ["experiment=debug", f"algorithm={algorithm}", "num_rounds=2", "eval.reference_model=null",
-            f"hydra.run.dir={tmp_path}"]
-    proc = run_cli(args, data_dir)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+def test_every_baseline_runs_two_rounds_through_flower(algorithm: str, warm_simulation, tmp_path: Path) -> None:
+    results = warm_simulation(["experiment=debug", f"algorithm={algorithm}", "num_rounds=2"], tmp_path)
     assert results["meta"]["algorithm"] == algorithm and results["final"]["global_accuracy"] > 0
     first, second = results["rounds"]
     for entry in (first, second):
@@ -127,34 +124,18 @@ def test_every_baseline_runs_two_rounds_through_flower(algorithm: str, data_dir:
         assert "calibration" in second["phase_seconds"] and "calibration" not in first["phase_seconds"]
 
 
-def test_simulations_of_one_process_share_a_warm_runtime(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+def test_simulations_of_one_process_share_a_warm_runtime(warm_simulation, tmp_path: Path) -> None:
     """Two cells in one process (as a multirun runs them): the second reuses Ray and the client
-    actors of the first, and gives exactly the metrics the same cell gives when run cold."""
+    actors of the first (that it gives the metrics of a cold run is checked by the sweep test)."""
     import ray
 
     from fedvtc import warm_ray
-    from fedvtc.runner import prepare_run, simulate
-    from helpers import TINY_RUN, compose_config
 
-    monkeypatch.setenv("FEDVTC_DATA_DIR", str(data_dir))
-    cfg = compose_config([*TINY_RUN, "algorithm=local", "num_rounds=1"])
-    try:
-        first = simulate(prepare_run(cfg, tmp_path / "a"), in_sweep=True)
-        pool = warm_ray._pool
-        assert pool is not None and ray.is_initialized()
-        actors = list(pool.pool)
-        second = simulate(prepare_run(cfg, tmp_path / "b"), in_sweep=True)
-        assert warm_ray._pool is pool and sorted(map(id, pool.pool)) == sorted(map(id, actors))
-    finally:
-        warm_ray.shutdown()
-    assert not ray.is_initialized()
-    from fedvtc.results import is_measurement
-
-    assert {k: v for k, v in first.items() if not is_measurement(k)} == {
-        k: v for k, v in second.items() if not is_measurement(k)
-    }
-    # The second cell paid no Ray or actor start-up: its round is far shorter than the first's.
-    assert second["total_seconds"] < first["total_seconds"]
-    cold = json.loads((tmp_path / "a" / "results.json").read_text())["rounds"]
-    warm = json.loads((tmp_path / "b" / "results.json").read_text())["rounds"]
-    assert _round_metrics({"rounds": cold}) == _round_metrics({"rounds": warm})
+    cell = ["experiment=debug", "algorithm=local", "num_rounds=1"]
+    first = warm_simulation(cell, tmp_path / "a")
+    pool = warm_ray._pool
+    assert pool is not None and ray.is_initialized()
+    actors = sorted(map(id, pool.pool))
+    second = warm_simulation(cell, tmp_path / "b")
+    assert warm_ray._pool is pool and sorted(map(id, pool.pool)) == actors
+    assert _round_metrics(first) == _round_metrics(second)

@@ -149,3 +149,40 @@ def test_a_new_run_in_an_old_directory_starts_from_scratch(tmp_path: Path, data_
     assert (tmp_path / "client_state" / "client_0.pt").exists()
     again = run_in_process(prepare_run(cfg, tmp_path))
     assert again[-1]["global_accuracy"] == first[-1]["global_accuracy"]
+
+
+def test_a_judge_is_trained_once_per_pool_and_reused_bit_for_bit(tmp_path: Path, data_dir: Path, monkeypatch) -> None:
+    """The cells that share a training pool share one reference classifier: the first trains it,
+    the next copies it from the cache with the same weights and gives the same scores. Another
+    partition of the same pool is the same pool; FEDVTC_CACHE_DIR=off turns the cache off."""
+    import json
+
+    from fedvtc.inprocess import run_in_process
+    from fedvtc.reference import REFERENCE_FILE, cache_dir
+    from fedvtc.results import is_measurement
+    from tests.helpers import TINY_FEDVTC
+
+    monkeypatch.setenv("FEDVTC_CACHE_DIR", str(tmp_path / "cache"))
+    # The private VTC draws images from round 2, so two rounds have scores to compare.
+    base = ["algorithm=fedvtc_private_vtc", *TINY_FEDVTC]
+
+    def run(name: str) -> tuple[dict, list[dict]]:
+        rounds = run_in_process(_settings(tmp_path / name, data_dir, *base))
+        return json.loads((tmp_path / name / "results.json").read_text())["meta"]["reference_classifier"], rounds
+
+    (first, first_rounds), (again, again_rounds) = run("first"), run("again")
+    assert (first["from_cache"], again["from_cache"]) == (False, True)
+    assert first["global_test_accuracy"] == again["global_test_accuracy"]
+    weights = [torch.load(tmp_path / n / REFERENCE_FILE, weights_only=False)["model"] for n in ("first", "again")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+    def metrics(rounds: list[dict]) -> list[dict]:  # client_fit holds per-client times and memory
+        return [{k: v for k, v in r.items() if not is_measurement(k) and k != "client_fit"} for r in rounds]
+
+    assert metrics(first_rounds) == metrics(again_rounds) and first_rounds[1]["synthetic_accuracy"] is not None
+    # The pool a judge trains on does not depend on the partition.
+    pools = [np.sort(np.concatenate(split.train + split.test)) for split in (
+        federated_split(_settings(tmp_path, data_dir, f"partition.alpha={alpha}")) for alpha in (0.1, 1.0))]
+    assert np.array_equal(*pools)
+    monkeypatch.setenv("FEDVTC_CACHE_DIR", "off")
+    assert cache_dir() is None
