@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import platform
 import subprocess
@@ -27,6 +28,8 @@ from fedvtc.federated_data import federated_split, global_test_set
 from fedvtc.reference import reference_from_cache, reference_key, reference_to_cache, save_reference, train_reference
 from fedvtc.results import ResultsRecorder
 from fedvtc.strategy import HeteroStrategy
+
+log = logging.getLogger("fedvtc")
 
 # Quiet, offline-safe defaults for Flower and Ray (a user's own setting wins).
 QUIET_ENV = {
@@ -182,8 +185,9 @@ def prepare_reference(s: RunSettings) -> dict[str, Any]:
                         epochs=s.eval.reference_epochs, seed=s.seed, robust=s.eval.reference_robust,
                         global_subset=s.eval.global_subset, code=source_fingerprint())
     accuracy = reference_from_cache(key, s.output_dir)
-    cached = accuracy is not False
-    if not cached:
+    if accuracy is not False:
+        log.info("reference classifier: the one trained on this pool before (cache %s)", key[:12])
+    else:
         model, accuracy = train_reference(
             train.subset(pool), arch=s.eval.reference_model, num_classes=s.dataset.num_classes,
             in_channels=s.dataset.channels, image_size=s.dataset.image_size, epochs=s.eval.reference_epochs,
@@ -193,7 +197,7 @@ def prepare_reference(s: RunSettings) -> dict[str, Any]:
         save_reference(model, s.output_dir, test_accuracy=accuracy)
         reference_to_cache(key, model, accuracy)
     return {"arch": s.eval.reference_model, "min_epochs": s.eval.reference_epochs, "train_size": int(len(pool)),
-            "robust": s.eval.reference_robust, "global_test_accuracy": accuracy, "from_cache": cached}
+            "robust": s.eval.reference_robust, "global_test_accuracy": accuracy}
 
 
 def make_server_app(s: RunSettings) -> ServerApp:

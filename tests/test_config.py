@@ -87,7 +87,7 @@ def test_table_presets_sweep_every_method_setting_and_ablation(scale: str) -> No
     for preset in (f"table_{scale}", f"table_{scale}_ablations"):
         compose_config([f"experiment={preset}"])  # composes (each cell is checked by the smoke tests)
     if scale == "paper":
-        assert set(main["algorithm"]) == {"fedvtc"} | BASELINES
+        assert set(main["algorithm"]) == {"fedvtc", "fedvtc_real_finetune"} | BASELINES
         assert set(ablations["algorithm"]) == {a for a in algorithms if a.startswith("fedvtc_")}
         assert len(main["seed"]) >= 2
         cfg = compose_config(["experiment=table_paper"])

@@ -157,6 +157,7 @@ def test_a_judge_is_trained_once_per_pool_and_reused_bit_for_bit(tmp_path: Path,
     partition of the same pool is the same pool; FEDVTC_CACHE_DIR=off turns the cache off."""
     import json
 
+    from fedvtc import apps
     from fedvtc.inprocess import run_in_process
     from fedvtc.reference import REFERENCE_FILE, cache_dir
     from fedvtc.results import is_measurement
@@ -170,9 +171,15 @@ def test_a_judge_is_trained_once_per_pool_and_reused_bit_for_bit(tmp_path: Path,
         rounds = run_in_process(_settings(tmp_path / name, data_dir, *base))
         return json.loads((tmp_path / name / "results.json").read_text())["meta"]["reference_classifier"], rounds
 
-    (first, first_rounds), (again, again_rounds) = run("first"), run("again")
-    assert (first["from_cache"], again["from_cache"]) == (False, True)
-    assert first["global_test_accuracy"] == again["global_test_accuracy"]
+    first, first_rounds = run("first")
+    assert len(list((tmp_path / "cache").glob("reference-*.pt"))) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the judge of this pool is in the cache: it must not be trained again")
+
+    monkeypatch.setattr(apps, "train_reference", no_training)
+    again, again_rounds = run("again")
+    assert first == again  # the same test accuracy, in the same meta
     weights = [torch.load(tmp_path / n / REFERENCE_FILE, weights_only=False)["model"] for n in ("first", "again")]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
