@@ -79,3 +79,24 @@ def warm_simulation(data_dir: Path):
         yield run
     finally:
         warm_ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def flower_env(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of every Flower process a deployment test starts (its own FLWR_HOME)."""
+    from fedvtc import deploy
+
+    env = deploy.flower_env(tmp_path_factory.mktemp("flwr_home"))
+    env["FEDVTC_DATA_DIR"] = str(data_dir)
+    return env
+
+
+@pytest.fixture(scope="session")
+def simulated(warm_simulation, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """results.json of the simulation of the config the deployment tests deploy, with the same seed:
+    what a deployment must reproduce exactly."""
+    import shlex
+
+    from deployment_helpers import OVERRIDES
+
+    return warm_simulation(shlex.split(OVERRIDES), tmp_path_factory.mktemp("simulated"))

@@ -1,0 +1,97 @@
+"""A TLS + SuperNode-authentication deployment on 127.0.0.1 (slow), with an unregistered SuperNode
+and a SuperNode stopped after round 1 and restarted. In its own file so that the test runner can
+run it beside the launcher's deployment (tests/test_deployment.py) on the other core. Every test
+checks that no process it started (or that those started) is left.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from fedvtc import deploy as D
+from deployment_helpers import OVERRIDES, RUN_TIMEOUT, check_shape, results_of, round_metrics
+
+
+@pytest.fixture(scope="module")
+def secure_run(flower_env: dict[str, str], data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """TLS + SuperNode authentication; a third SuperNode whose key is not registered; SuperNode 1
+    stopped after its round-1 replies and restarted with the same node config, key and state dir."""
+    dep = D.prepare(tmp_path_factory.mktemp("deploy_secure"), tls=True, auth=True, clients=3)
+    dep.env = dict(flower_env, FLWR_HOME=str(dep.flwr_home))
+    out = SimpleNamespace(dep=dep)
+    try:
+        D.start_superlink(dep)
+        out.node_ids = [D.register_node(dep, Path(f"{dep.node_key(i)}.pub")) for i in range(2)]
+        nodes = [D.start_supernode(dep, i, 2, data_dir=data_dir) for i in range(2)]
+        out.intruder = D.start_supernode(dep, 0, 2, data_dir=data_dir, private_key=dep.node_key(2),
+                                         state_dir=dep.workdir / "state" / "intruder", name="unregistered")
+        run = D.start_run(dep, OVERRIDES)
+        # Round 1 done for node 1: it replied to the train and the evaluate message.
+        D.wait_for_log(nodes[1], "Sent successfully", count=2, timeout=RUN_TIMEOUT)
+        out.state_before = sorted((dep.state_dir(1)).glob("run-*/client_1.pt"))
+        D.stop_process(nodes[1])
+        out.first_exit = nodes[1].popen.returncode
+        restarted = D.start_supernode(dep, 1, 2, data_dir=data_dir, name="supernode1-restarted")
+        out.status = D.wait_run(dep, run, timeout=RUN_TIMEOUT, watch=[dep.procs[0], nodes[0], restarted])
+        out.restarted_log = restarted.log.read_text()
+        listed = D.flwr_cli(dep, ["supernode", "list", D.CONNECTION, "--format", "json"])
+        out.listed = json.loads(listed.stdout)["nodes"]
+        out.intruder_alive = out.intruder.alive()
+        out.intruder_rc = out.intruder.popen.returncode
+    finally:
+        D.stop_all(dep)
+    out.left = D.leftover_pids(dep)
+    out.results = results_of(dep.results) if (dep.results / "results.json").exists() else None
+    return out
+
+
+@pytest.mark.slow
+def test_tls_and_supernode_auth_deployment(secure_run: SimpleNamespace) -> None:
+    """(b) the run over TLS with authenticated SuperNodes completes with the same results shape."""
+    assert secure_run.status == "finished:completed"
+    check_shape(secure_run.results)
+    config = (secure_run.dep.flwr_home / "config.toml").read_text()
+    assert "root-certificates" in config and "insecure" not in config
+    superlink_cmd = (secure_run.dep.logs / "superlink.log").read_text().splitlines()[0]
+    assert "--ssl-certfile" in superlink_cmd and "--enable-supernode-auth" in superlink_cmd
+    assert secure_run.left == []
+
+
+@pytest.mark.slow
+def test_unregistered_supernode_is_refused(secure_run: SimpleNamespace) -> None:
+    """(c) a SuperNode whose public key was not registered cannot join."""
+    assert not secure_run.intruder_alive and secure_run.intruder_rc != 0
+    log = secure_run.intruder.log.read_text()
+    assert "Failed to activate SuperNode" in log
+    assert "No SuperNode found with the given public key" in (secure_run.dep.logs / "superlink.log").read_text()
+    assert sorted(int(n["node-id"]) for n in secure_run.listed) == sorted(secure_run.node_ids)
+    assert [c["cid"] for c in secure_run.results["final"]["clients"]] == [0, 1]
+
+
+@pytest.mark.slow
+def test_restarted_supernode_rejoins_with_its_state(secure_run: SimpleNamespace, simulated: dict) -> None:
+    """(d) SuperNode 1 stopped after its round-1 replies and restarted: it gets the same node id (its
+    key is registered), round 2 waits for it (the strategy samples all clients), and the run
+    completes with both clients in the final entry.
+
+    Its round-1 evaluate reply may be lost: Flower 1.42 answers "Node Unavailable" for a message
+    whose node is offline when the ServerApp collects the reply, even if the reply had arrived. Round
+    2 is then the undisturbed run's (the simulation of the same config) exactly, which needs the restarted client's saved round-1 model,
+    generator and optimizer state (unless the node had already pulled its round-2 message when it
+    was stopped, a narrow race; then round 2 has a failure and only completion is checked)."""
+    assert secure_run.state_before, "node 1 had saved no state before it was stopped"
+    assert secure_run.status == "finished:completed"
+    assert f"SuperNode ID: {secure_run.node_ids[1]}" in secure_run.restarted_log
+    assert "ROUND 2]" in secure_run.restarted_log and "Sent successfully" in secure_run.restarted_log
+    results = secure_run.results
+    assert [c["cid"] for c in results["final"]["clients"]] == [0, 1]
+    assert results["rounds"][0]["accepted"] == 2  # round-1 uploads arrived before the stop
+    second = results["rounds"][1]
+    if (second["accepted"], second["failures"]) == (2, 0):
+        assert round_metrics(results)[1] == round_metrics(simulated)[1]
+        assert results["final"]["clients"] == simulated["final"]["clients"]
+    assert secure_run.left == []
