@@ -128,5 +128,8 @@ class SweepProgress(Callback):  # type: ignore[misc]
             return
         self.done += 1
         if self.cell_start is not None:
+            seconds = time.perf_counter() - self.cell_start
             self.ran += 1
-            self.ran_seconds += time.perf_counter() - self.cell_start
+            self.ran_seconds += seconds
+            number = f"{self.done}/{self.total}" if self.total else f"{self.done}"
+            log.info("sweep: cell %s done in %.1f s", number, seconds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -67,6 +68,20 @@ def test_sweep_runs_two_jobs_and_repeats_the_same_metrics(debug_run: Path, data_
     job1 = json.loads((tmp_path / "0" / "results.json").read_text())
     job0 = json.loads((tmp_path / "1" / "results.json").read_text())
     assert (job0["meta"]["seed"], job1["meta"]["seed"]) == (0, 1)
+    # Progress: cells done, the one starting, the time left at the pace so far, each cell's time.
+    log = proc.stdout + proc.stderr
+    assert "sweep: cell 1/2 starting (0 done): experiment=debug num_rounds=3 seed=1" in log
+    assert re.search(r"sweep: cell 2/2 starting \(1 done, about [\d.]+ min left at [\d.]+ min a cell\)", log)
+    assert re.search(r"sweep: cell 2/2 done in [\d.]+ s", log)
+    # Started again with the same sweep directory: both cells are known by their resolved configs
+    # as finished, and nothing runs or is rewritten.
+    written = [(tmp_path / job / "results.json").stat().st_mtime_ns for job in ("0", "1")]
+    again = run_cli(["-m", "experiment=debug", "num_rounds=3", "seed=1,0", f"hydra.sweep.dir={tmp_path}"], data_dir)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    assert "sweep: cell 1/2 finished already" in log and "sweep: cell 2/2 finished already" in log
+    assert "round 1/3" not in log
+    assert [(tmp_path / job / "results.json").stat().st_mtime_ns for job in ("0", "1")] == written
     reference = json.loads((debug_run / "results.json").read_text())
     # Same config and seed as the fixture run: identical metrics, whatever order Ray ran clients in,
     # and although it ran on a warm runtime.
