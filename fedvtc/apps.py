@@ -219,11 +219,16 @@ def make_client_app(s: RunSettings) -> ClientApp:
 
 
 def backend_config(s: RunSettings) -> dict[str, Any]:
-    """Ray backend: one actor per ``num_cpus_per_client`` CPUs, so clients run in parallel."""
+    """Ray backend: one actor per ``num_cpus_per_client`` CPUs, so clients run in parallel, on the
+    cluster of ``simulation.ray_address`` when set (else ``ray.init`` honours ``$RAY_ADDRESS``, and
+    without it starts a Ray of its own)."""
+    init_args: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if s.simulation.ray_address:
+        init_args["address"] = s.simulation.ray_address
     return {
         "client_resources": {
             "num_cpus": s.simulation.num_cpus_per_client,
             "num_gpus": s.simulation.num_gpus_per_client,
         },
-        "init_args": {"include_dashboard": False, "log_to_driver": True},
+        "init_args": init_args,
     }

@@ -70,6 +70,8 @@ class SimulationSettings:
     state_dir: str | None = None
     # In a multirun, keep Ray and its client actors from one cell to the next (fedvtc.warm_ray).
     keep_runtime: bool = True
+    # The GCS address of a running Ray cluster; None = $RAY_ADDRESS, else a local Ray for the run.
+    ray_address: str | None = None
 
 
 @dataclass(frozen=True)

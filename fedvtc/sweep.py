@@ -25,9 +25,27 @@ CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.json"
 
 
+# Where and how a cell runs, not what it computes: the same cell run from another data directory,
+# on a Ray cluster, or warm in a multirun gives the same numbers (tests/test_simulation.py,
+# tests/test_ray_cluster.py), so these keys are not part of what identifies it.
+WHERE_IT_RUNS = {
+    "hydra": None, "data_dir": None, "verbose": None, "skip_finished": None,
+    "simulation": ("ray_address", "keep_runtime", "state_dir"),
+}
+
+
 def cell_identity(resolved: Mapping[str, Any]) -> dict[str, Any]:
-    """What identifies a cell: its resolved config without Hydra's node (paths, times, job ids)."""
-    return {k: v for k, v in resolved.items() if k != "hydra"}
+    """What identifies a cell: its resolved config without ``WHERE_IT_RUNS`` (Hydra's node with its
+    paths and job ids, where the data lives, which Ray runs it)."""
+    identity = {}
+    for key, value in resolved.items():
+        dropped = WHERE_IT_RUNS.get(key, ())
+        if key in WHERE_IT_RUNS and dropped is None:
+            continue
+        if dropped and isinstance(value, Mapping):
+            value = {k: v for k, v in value.items() if k not in dropped}
+        identity[key] = value
+    return identity
 
 
 def finished_cell(sweep_dir: str | Path, resolved: Mapping[str, Any]) -> Path | None:

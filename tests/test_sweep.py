@@ -42,3 +42,14 @@ def test_the_size_of_a_grid_counts_the_command_line_over_the_preset() -> None:
     assert sweep_size(["seed=0,1,2", "algorithm=fedvtc"]) == 3
     assert sweep_size(["seed=0,1"], {"algorithm": "fedvtc,local", "seed": "0,1,2"}) == 4
     assert sweep_size([], {"dataset": "mnist,cifar10", "partition.alpha": "0.1,1.0"}) == 4
+
+
+def test_where_a_cell_runs_is_not_part_of_what_it_is(tmp_path: Path) -> None:
+    """Another data directory, a Ray cluster or a cold runtime give the same numbers; a config saved
+    before such a key existed still matches; a key that changes the numbers does not."""
+    saved = {**CELL, "data_dir": "/old/data", "simulation": {"num_cpus_per_client": 1, "keep_runtime": True}}
+    run = _run(tmp_path, "0", saved)
+    moved = {**CELL, "data_dir": "/new/data", "verbose": True,
+             "simulation": {"num_cpus_per_client": 1, "keep_runtime": False, "ray_address": "10.0.0.5:6379"}}
+    assert finished_cell(tmp_path, moved) == run
+    assert finished_cell(tmp_path, {**moved, "simulation": {"num_cpus_per_client": 2}}) is None
