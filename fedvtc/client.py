@@ -20,7 +20,7 @@ from flwr.client import NumPyClient
 
 from fedvtc.settings import RunSettings, resolve_device
 from fedvtc.data import ImageSet
-from fedvtc.federated_data import client_data, global_test_set, validation_set
+from fedvtc.federated_data import client_share
 from fedvtc.payload import Payload, decode, encode
 from fedvtc.profiling import PhaseTimer, current_rss_mb, peak_rss_mb
 from fedvtc.seeding import INIT, LOCAL_TRAIN, derive_seed, torch_generator
@@ -53,7 +53,8 @@ class HeteroClient(NumPyClient):
         self.s = settings
         self.device = torch.device(resolve_device(settings.device))
         torch.set_num_threads(settings.simulation.threads_per_client)
-        self.train_data, self.test_data = client_data(settings, cid)
+        self.share = client_share(settings, cid)
+        self.train_data, self.test_data = self.share.train, self.share.test
         self.arch = settings.model_name(cid)
         torch.manual_seed(derive_seed(settings.seed, cid, INIT))
         self.model: HeteroModel = create_model(
@@ -155,7 +156,7 @@ class HeteroClient(NumPyClient):
         held = torch.unique(self.train_data.y)
         metrics: dict[str, Any] = {"cid": self.cid, "arch": self.arch}
         with self.timer("evaluate"):
-            sets = {"global": global_test_set(self.s), "validation": validation_set(self.s)}
+            sets = {"global": self.share.global_test, "validation": self.share.validation}
             for name, data in sets.items():
                 if data is None:
                     continue

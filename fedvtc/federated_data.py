@@ -7,9 +7,13 @@ computes the same split without it ever being sent.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from fedvtc.settings import RunSettings
 from fedvtc.data import ImageSet, load_dataset
@@ -112,6 +116,65 @@ def federated_split(s: RunSettings) -> FederatedSplit:
     return _SPLITS[key]
 
 
+@dataclass(frozen=True)
+class ClientShare:
+    """What one client evaluates and trains on: its training data and local test split, and the
+    run's global test set and validation set (None when the run has none)."""
+
+    train: ImageSet
+    test: ImageSet
+    global_test: ImageSet
+    validation: ImageSet | None
+
+
+def client_share(s: RunSettings, cid: int) -> ClientShare:
+    """Client ``cid``'s share of the data.
+
+    With ``s.share_cache_dir`` (a SuperNode's state dir, in deployment) the share is kept there as
+    tensors, keyed by everything it depends on, and later processes of the node load it from there:
+    Flower starts a fresh ClientApp process for every message, which would otherwise load and
+    partition the whole dataset each time (and import torchvision to do it).
+    """
+    if s.share_cache_dir:
+        path = Path(s.share_cache_dir) / f"share-{_share_key(s, cid)}.pt"
+        if path.exists():
+            try:
+                return _share_from_tensors(torch.load(path, map_location="cpu", weights_only=True))
+            except Exception:  # a damaged file: make it again
+                pass
+    train, test = client_data(s, cid)
+    share = ClientShare(train, test, global_test_set(s), validation_set(s))
+    if s.share_cache_dir:
+        from fedvtc.state import save_state
+
+        try:
+            save_state(path, _share_to_tensors(share))
+        except OSError:  # an unwritable state dir only costs time
+            pass
+    return share
+
+
+def _share_key(s: RunSettings, cid: int) -> str:
+    what = {"split": _split_key(s), "dataset": s.dataset.cache_key(), "cid": cid, "global_subset": s.eval.global_subset}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _share_to_tensors(share: ClientShare) -> dict[str, torch.Tensor]:
+    out = {}
+    for name in ("train", "test", "global_test", "validation"):
+        data = getattr(share, name)
+        if data is not None:
+            out[f"{name}_x"], out[f"{name}_y"] = data.x, data.y
+    return out
+
+
+def _share_from_tensors(tensors: dict[str, torch.Tensor]) -> ClientShare:
+    def imageset(name: str) -> ImageSet | None:
+        return ImageSet(tensors[f"{name}_x"], tensors[f"{name}_y"]) if f"{name}_x" in tensors else None
+
+    return ClientShare(imageset("train"), imageset("test"), imageset("global_test"), imageset("validation"))
+
+
 def client_data(s: RunSettings, cid: int) -> tuple[ImageSet, ImageSet]:
     """Client ``cid``'s local training data and local test split."""
     if not 0 <= cid < s.num_clients:
@@ -121,12 +184,20 @@ def client_data(s: RunSettings, cid: int) -> tuple[ImageSet, ImageSet]:
     return train.subset(split.train[cid]), train.subset(split.test[cid])
 
 
+# The evaluation sets, made once per process (every client of a Ray actor evaluates on them every
+# round): shared with every caller, so treat them as read-only.
+_EVAL_SETS: dict[tuple, ImageSet | None] = {}
+
+
 def validation_set(s: RunSettings) -> ImageSet | None:
     """The validation images (``eval.validation`` > 0), or None when the run has none."""
     if s.eval.validation <= 0:
         return None
-    train, _ = load_dataset(s.dataset, s.data_dir)
-    return train.subset(federated_split(s).validation)
+    key = ("validation", *_split_key(s))
+    if key not in _EVAL_SETS:
+        train, _ = load_dataset(s.dataset, s.data_dir)
+        _EVAL_SETS[key] = train.subset(federated_split(s).validation)
+    return _EVAL_SETS[key]
 
 
 def global_test_set(s: RunSettings) -> ImageSet:
@@ -135,5 +206,8 @@ def global_test_set(s: RunSettings) -> ImageSet:
     n = s.eval.global_subset
     if n <= 0 or n >= len(test):
         return test
-    rng = numpy_rng(s.seed, EVAL_SUBSET)
-    return test.subset(np.sort(rng.choice(len(test), n, replace=False)))
+    key = ("global", s.dataset.cache_key(), s.data_dir, s.seed, n)
+    if key not in _EVAL_SETS:
+        rng = numpy_rng(s.seed, EVAL_SUBSET)
+        _EVAL_SETS[key] = test.subset(np.sort(rng.choice(len(test), n, replace=False)))
+    return _EVAL_SETS[key]  # type: ignore[return-value]

@@ -83,6 +83,7 @@ def for_node(s: RunSettings, node_config: Mapping[str, Any], run_id: int | None 
         state_dir = Path(str(node_config["state-dir"])).expanduser().resolve()
         if run_id is not None:
             state_dir = state_dir / f"run-{run_id}"
+        changes["share_cache_dir"] = str(Path(str(node_config["state-dir"])).expanduser().resolve() / "data")
         changes["state_dir"] = str(state_dir)
         changes["simulation"] = replace(s.simulation, state_dir=str(state_dir))
     return cid, (replace(s, **changes) if changes else s)

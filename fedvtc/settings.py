@@ -184,6 +184,10 @@ class RunSettings:
     resume: str | None
     output_dir: str
     state_dir: str
+    # Deployment only (set from a SuperNode's state-dir, never from the config): where the node keeps
+    # its client's share of the data as tensors, so that each message's fresh ClientApp process
+    # loads a few MB instead of the dataset (fedvtc.federated_data.client_share). None = no cache.
+    share_cache_dir: str | None = None
 
     def model_name(self, cid: int) -> str:
         """Client ``cid`` gets model ``cid mod n`` of the zoo."""

@@ -63,6 +63,35 @@ def test_bad_node_config_is_a_clear_error(settings, node, message) -> None:
     assert message in str(error.value)
 
 
+def test_a_node_keeps_its_clients_share_of_the_data(settings, data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """A deployed ClientApp is a fresh process per message: the node's first one saves its client's
+    share in the state dir, the later ones load it from there, equal to the last bit, without
+    loading the dataset (and so without importing torchvision)."""
+    import torch
+
+    from fedvtc import federated_data
+
+    node = {"partition-id": 1, "num-partitions": 2, "data-dir": str(data_dir), "state-dir": str(tmp_path)}
+    _, s = for_node(settings, node, run_id=7)
+    assert s.share_cache_dir == str(tmp_path / "data")
+    first = federated_data.client_share(s, 1)
+    assert len(list((tmp_path / "data").glob("share-*.pt"))) == 1
+
+    def no_dataset(*args, **kwargs):
+        raise AssertionError("the share is cached: the dataset must not be loaded")
+
+    monkeypatch.setattr(federated_data, "load_dataset", no_dataset)
+    again = federated_data.client_share(s, 1)
+    for name in ("train", "test", "global_test"):
+        assert torch.equal(getattr(first, name).x, getattr(again, name).x), name
+        assert torch.equal(getattr(first, name).y, getattr(again, name).y), name
+    assert again.validation is None and len(again.train) == len(first.train)
+    _, other = for_node(settings, {**node, "partition-id": 0}, run_id=7)  # another client: its own file
+    monkeypatch.undo()
+    federated_data.client_share(other, 0)
+    assert len(list((tmp_path / "data").glob("share-*.pt"))) == 2
+
+
 def test_launcher_checks_clients_against_the_config() -> None:
     with pytest.raises(D.DeploymentError, match="add 'num_clients=3'"):
         D.check_overrides("experiment=debug num_clients=2", clients=3)
