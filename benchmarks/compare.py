@@ -311,7 +311,9 @@ def plot(groups: dict[Key, list[Run]], out: Path) -> list[Path]:
 
     settings = sorted({(d, p) for _, d, p in groups})
     methods = sorted({m for m, _, _ in groups})
-    colours = {m: plt.cm.tab20(i % 20) for i, m in enumerate(methods)}
+    # Ten clearly different colours first (tab20's neighbours are pairs of one hue).
+    palette = [plt.cm.tab10(i) for i in range(10)] + [plt.cm.tab20(2 * i + 1) for i in range(10)]
+    colours = {m: palette[i % len(palette)] for i, m in enumerate(methods)}
     n = len(settings)
 
     def style(method: str) -> str:
