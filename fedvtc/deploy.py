@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 APP_DIR = Path(__file__).resolve().parents[1]
 CONNECTION = "deploy"
@@ -257,14 +257,16 @@ def write_connection(dep: Deployment) -> None:
 # ---- processes --------------------------------------------------------------------------------
 
 
-def start_process(dep: Deployment, name: str, cmd: Sequence[str], *, cwd: Path | None = None) -> Proc:
-    """Start ``cmd`` in a new session (its own process group), output to ``logs/<name>.log``."""
+def start_process(dep: Deployment, name: str, cmd: Sequence[str], *, cwd: Path | None = None,
+                  env: Mapping[str, str] | None = None) -> Proc:
+    """Start ``cmd`` in a new session (its own process group), output to ``logs/<name>.log``;
+    ``env`` adds to (or replaces in) the deployment's environment for this process alone."""
     log = dep.logs / f"{name}.log"
     with open(log, "ab") as handle:
         handle.write(f"$ {shlex.join(cmd)}\n".encode())
         handle.flush()
         popen = subprocess.Popen(
-            list(cmd), cwd=cwd or dep.workdir, env=dep.env, stdin=subprocess.DEVNULL,
+            list(cmd), cwd=cwd or dep.workdir, env={**dep.env, **(env or {})}, stdin=subprocess.DEVNULL,
             stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
         )
     proc = Proc(name, popen, log)
@@ -337,6 +339,7 @@ def start_supernode(
     private_key: Path | None = None,
     name: str | None = None,
     extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> Proc:
     """``flower-supernode`` for client ``index`` of ``num_nodes``, with its node config (partition-id,
     num-partitions, data-dir, state-dir, by default state/node<index>) and, with auth, its private
@@ -352,7 +355,7 @@ def start_supernode(
     if dep.auth:
         cmd += ["--auth-supernode-private-key", str(private_key or dep.node_key(index))]
     cmd += list(extra_args)
-    return start_process(dep, name or f"supernode{index}", cmd)
+    return start_process(dep, name or f"supernode{index}", cmd, env=env)
 
 
 def start_run(dep: Deployment, overrides: str, *, app_dir: Path = APP_DIR) -> Proc:

@@ -103,6 +103,14 @@ class HeteroStrategy(Strategy):
         self._fit_sent = 0
         self._bytes_down = 0
         self._array_bytes_down = 0
+        # A node names its client itself (metrics["cid"]; in deployment its node config picks it).
+        # The first accepted upload binds the two for the rest of the run, so a node cannot later
+        # speak for another client, nor take over an id that is already another node's.
+        # A binding lasts while its node is connected: a node that left (a SuperNode restarted without
+        # authentication comes back under a new node id) frees its client id for the next node.
+        self._cid_of_node: dict[str, int] = {}
+        self._node_of_cid: dict[int, str] = {}
+        self._connected: set[str] | None = None  # the nodes of the round being aggregated; None = unknown
         # Rounds before this one were done before the checkpoint this run resumed from
         # (``fedvtc.checkpoint``); Flower still counts rounds from 1, so those are skipped.
         self.first_round = 1
@@ -155,6 +163,7 @@ class HeteroStrategy(Strategy):
         self._round_start = time.perf_counter()
         wanted = max(1, math.ceil(self.fraction_fit * self.num_clients))
         clients = client_manager.sample(num_clients=wanted, min_num_clients=wanted)
+        self._connected = {str(node) for node in client_manager.all()}
         config = {"server_round": server_round, "num_rounds": self.num_rounds}
         self._fit_sent = len(clients)
         self._bytes_down = parameters_nbytes(parameters) * len(clients)
@@ -258,11 +267,25 @@ class HeteroStrategy(Strategy):
         uploads: list[Upload] = []
         rejected: list[dict[str, Any]] = []
         seen: set[int] = set()
+        claimants: dict[Any, set[str]] = {}  # this round: the nodes that claim each client id
+        for proxy, res in results:
+            claimants.setdefault(res.metrics.get("cid"), set()).add(str(proxy.cid))
         for proxy, res in results:
             cid = res.metrics.get("cid")
+            node = str(proxy.cid)
             try:
                 if not isinstance(cid, int) or isinstance(cid, bool) or not 0 <= cid < self.num_clients:
                     raise PayloadError(f"missing or invalid client id {cid!r}")
+                if node in self._cid_of_node and self._cid_of_node[node] != cid:
+                    raise PayloadError(f"node {node} is client {self._cid_of_node[node]}, not client {cid}")
+                owner = self._node_of_cid.get(cid)
+                if owner is not None and owner != node and (self._connected is None or owner in self._connected):
+                    raise PayloadError(f"client id {cid} belongs to node {owner}")
+                if owner is not None and owner != node:  # its node left: the id is free again
+                    del self._cid_of_node[owner]
+                    owner = None
+                if owner is None and len(claimants[cid]) > 1:  # no way to tell which one it is
+                    raise PayloadError(f"client id {cid} claimed by {len(claimants[cid])} nodes in one round")
                 if cid in seen:
                     raise PayloadError(f"client id {cid} answered twice in one round")
                 try:
@@ -282,6 +305,7 @@ class HeteroStrategy(Strategy):
                 rejected.append({"cid": cid if isinstance(cid, int) else None, "reason": str(error)})
                 continue
             seen.add(cid)
+            self._cid_of_node[node], self._node_of_cid[cid] = cid, node
             uploads.append(
                 Upload(cid, payload, int(res.num_examples), dict(res.metrics), payload_nbytes(arrays))
             )

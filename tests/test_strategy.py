@@ -76,6 +76,34 @@ def test_spoofed_ids_duplicates_and_garbage_are_rejected(tmp_path: Path) -> None
     assert metrics == {"accepted": 1, "rejected": 3}
 
 
+def _from(node: str, cid: int, payload: list) -> tuple:
+    proxy, res = _result(cid, payload)
+    proxy.cid = node
+    return proxy, res
+
+
+def test_a_node_cannot_speak_for_another_client(tmp_path: Path) -> None:
+    """The first accepted upload binds a node and its client id for the run: a node claiming
+    another node's id is rejected (the owner is not), and so is a node changing its id; two unbound
+    nodes claiming one id in one round are both rejected, as nobody can tell which one it is."""
+    strategy = _strategy(tmp_path, min_fit_fraction=0.1)
+    strategy._fit_sent = 3
+    s = [encode(Payload(_client_stats(i)[2])) for i in range(3)]
+    _, metrics = strategy.aggregate_fit(1, [_from("a", 0, s[0]), _from("b", 1, s[1]), _from("c", 1, s[2])], [])
+    assert metrics == {"accepted": 1, "rejected": 2}
+    assert {r["reason"] for r in strategy.recorder.rounds[-1]["rejected"]} == {"client id 1 claimed by 2 nodes in one round"}
+    # Round 2: c spoofs a's id (first in the list, so order cannot save it); a changes its own.
+    _, metrics = strategy.aggregate_fit(2, [_from("c", 0, s[2]), _from("a", 0, s[0]), _from("b", 1, s[1])], [])
+    assert metrics == {"accepted": 2, "rejected": 1}
+    assert strategy.recorder.rounds[-1]["rejected"] == [{"cid": 0, "reason": "client id 0 belongs to node a"}]
+    _, metrics = strategy.aggregate_fit(3, [_from("a", 2, s[0]), _from("b", 1, s[1])], [])
+    assert strategy.recorder.rounds[-1]["rejected"] == [{"cid": 2, "reason": "node a is client 0, not client 2"}]
+    # Node b left (a restart without authentication gives a new node id): its id is free again.
+    strategy._connected = {"a", "b2"}
+    _, metrics = strategy.aggregate_fit(3, [_from("a", 0, s[0]), _from("b2", 1, s[1])], [])
+    assert metrics == {"accepted": 2, "rejected": 0}
+
+
 def test_too_few_valid_uploads_keep_the_previous_global_state(tmp_path: Path) -> None:
     strategy = _strategy(tmp_path)  # min_fit_fraction 1.0: every sampled client must succeed
     strategy._fit_sent = 2
