@@ -470,6 +470,26 @@ def stop_process(proc: Proc, *, grace: float = 10) -> None:
     stop_processes([proc], grace=grace)
 
 
+def kill_process(proc: Proc) -> None:
+    """Lose ``proc`` as a machine failure would: SIGKILL to it and everything it started, with no
+    chance to sign off (a SuperNode killed so stays "online" at the SuperLink until its heartbeat
+    expires)."""
+    table = _ps()
+    track([proc], table)
+    for pgid in {table[pid][1] for pid in _alive(proc, table)} | {proc.pid}:
+        if pgid > 1 and pgid != os.getpgrp():
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    for pid in _alive(proc, _ps()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    proc.popen.wait(timeout=10)
+
+
 def stop_processes(procs: Sequence[Proc], *, grace: float = 10) -> None:
     """Stop several process trees at once: SIGTERM to every process group and process of theirs,
     wait up to ``grace`` seconds, then SIGKILL to whatever is left."""
