@@ -22,7 +22,7 @@ from fedvtc.settings import RunSettings, resolve_device
 from fedvtc.data import ImageSet
 from fedvtc.federated_data import client_share
 from fedvtc.payload import Payload, decode, encode
-from fedvtc.profiling import PhaseTimer, current_rss_mb, peak_rss_mb
+from fedvtc.profiling import PhaseTimer, current_rss_mb, peak_rss_mb, release_freed_memory
 from fedvtc.seeding import INIT, LOCAL_TRAIN, derive_seed, torch_generator
 from fedvtc.state import load_state, save_state, state_path
 from fedvtc.training import evaluate, evaluate_groups, train_local
@@ -132,6 +132,7 @@ class HeteroClient(NumPyClient):
         self.rounds_done = server_round
         with self.timer("save_state"):
             self._save()
+        release_freed_memory()  # what this round freed, before the next client's round on this process
         metrics = {
             "cid": self.cid,
             "arch": self.arch,

@@ -45,6 +45,29 @@ def current_rss_mb() -> float | None:
     return _status_mb("VmRSS")
 
 
+def release_freed_memory() -> None:
+    """Hand back to the OS the heap memory that glibc's allocator keeps after tensors are freed.
+
+    A Ray actor serves client after client; each round allocates and frees tensors of many sizes
+    (the VTC's activations, the synthetic set), and glibc keeps the freed pages, so the process's
+    resident memory creeps up round after round without anything being alive in it. A no-op where
+    the C library is not glibc.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+
+
 def reset_peak_rss() -> bool:
     """Set the process's peak-RSS mark to its current RSS; False where the OS does not allow it."""
     try:
