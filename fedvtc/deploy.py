@@ -2,14 +2,19 @@
 
     python -m fedvtc.deploy --clients 2 --overrides "experiment=debug num_clients=2" --workdir /tmp/fl
     python -m fedvtc.deploy --clients 2 --overrides "experiment=debug num_clients=2" --workdir /tmp/fl --tls --auth
+    python -m fedvtc.deploy --clients 2 --overrides "experiment=debug num_clients=2" --workdir /tmp/fl --tls --auth --hosts netns
 
-Everything listens on 127.0.0.1 only (free ports picked at start). ``WORKDIR`` receives
+Everything listens on 127.0.0.1 only (free ports picked at start), or, with ``--hosts netns`` (needs
+root), each of the SuperLink, the SuperNodes and the operator's ``flwr run`` runs in a network
+namespace of its own with its own address on a virtual network made for the run (``fedvtc.netns``),
+and TLS certifies the SuperLink's address there. ``WORKDIR`` receives
 ``flwr_home/`` (``FLWR_HOME``, with the ``deploy`` connection in ``config.toml``), ``certs/`` (with
 ``--tls``: a CA and a server certificate for 127.0.0.1/localhost), ``keys/`` (with ``--auth``: one
 ECDSA P-384 key pair per SuperNode, registered with ``flwr supernode register``), ``state/node<i>/``
 (each SuperNode's client state), ``logs/`` (one log per process) and ``results/`` (the run's
 ``results.json`` and figures). Every process is started in its own process group and every group
-is stopped on exit, whether the run completed, failed, a process died early, or on Ctrl-C. The exit
+is stopped on exit (and every namespace removed), whether the run completed, failed, a process died
+early, or on Ctrl-C. The exit
 code is 0 only if the run completed and wrote its results.
 
 The steps are small functions (``prepare``, ``start_superlink``, ``register_node``,
@@ -34,6 +39,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
+
+from fedvtc import netns
+from fedvtc.netns import VirtualNetwork
 
 APP_DIR = Path(__file__).resolve().parents[1]
 CONNECTION = "deploy"
@@ -71,7 +79,8 @@ class Proc:
 
 @dataclass
 class Deployment:
-    """Paths, environment and processes of one loopback deployment."""
+    """Paths, environment and processes of one deployment: on loopback, or with ``net`` each host in
+    a network namespace of its own (``fedvtc.netns``: hosts ``link``, ``node<i>``, ``operator``)."""
 
     workdir: Path
     tls: bool = False
@@ -79,6 +88,15 @@ class Deployment:
     env: dict[str, str] = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
     superlink_port: int | None = None
+    net: VirtualNetwork | None = None
+
+    @property
+    def superlink_host(self) -> str:
+        return self.net.address("link") if self.net else HOST
+
+    def on(self, host: str | None) -> list[str]:
+        """The prefix that runs a command on ``host`` (nothing on loopback)."""
+        return self.net.prefix(host) if self.net and host else []
 
     @property
     def flwr_home(self) -> Path:
@@ -107,7 +125,7 @@ class Deployment:
     def superlink_address(self) -> str:
         if self.superlink_port is None:
             raise DeploymentError("the SuperLink is not started")
-        return f"{HOST}:{self.superlink_port}"
+        return f"{self.superlink_host}:{self.superlink_port}"
 
     @property
     def ca_cert(self) -> Path:
@@ -124,19 +142,38 @@ class Deployment:
 # ---- setup ------------------------------------------------------------------------------------
 
 
-def prepare(workdir: str | os.PathLike, *, tls: bool = False, auth: bool = False, clients: int = 0) -> Deployment:
-    """Create the work directory, ``FLWR_HOME``, certificates (``tls``) and node keys (``auth``)."""
+HOSTS = ("loopback", "netns")
+
+
+def prepare(workdir: str | os.PathLike, *, tls: bool = False, auth: bool = False, clients: int = 0,
+            hosts: str = "loopback") -> Deployment:
+    """Create the work directory, ``FLWR_HOME``, the hosts' network (``hosts="netns"``: a namespace
+    per host, which ``stop_all`` removes), certificates (``tls``, for the SuperLink's address) and
+    node keys (``auth``)."""
     if auth and not tls:
         raise DeploymentError("SuperNode authentication needs TLS: use --tls with --auth")
+    if hosts not in HOSTS:
+        raise DeploymentError(f"--hosts must be one of {HOSTS}, got {hosts!r}")
     dep = Deployment(workdir=Path(workdir).resolve(), tls=tls, auth=auth)
     for path in (dep.workdir, dep.flwr_home, dep.logs, dep.results):
         path.mkdir(parents=True, exist_ok=True)
     dep.env = flower_env(dep.flwr_home)
-    if tls:
-        make_certificates(dep.certs)
-    if auth:
-        for index in range(clients):
-            make_node_key(dep.node_key(index))
+    if hosts == "netns":
+        why = netns.unavailable()
+        if why:
+            raise DeploymentError(f"--hosts netns: network namespaces cannot be made here: {why}; "
+                                  "run as root, or use --hosts loopback")
+        dep.net = netns.create(["link", *[f"node{i}" for i in range(clients)], "operator"])
+    try:
+        if tls:
+            make_certificates(dep.certs, address=dep.superlink_host)
+        if auth:
+            for index in range(clients):
+                make_node_key(dep.node_key(index))
+    except BaseException:
+        if dep.net is not None:
+            dep.net.destroy()
+        raise
     return dep
 
 
@@ -163,9 +200,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def make_certificates(certs: Path, *, days: int = 30) -> None:
-    """A self-signed CA (``ca.crt``) and a server certificate for 127.0.0.1 and localhost
-    (``server.pem``, key ``server.key``) signed by it, with the ``cryptography`` package."""
+def make_certificates(certs: Path, *, days: int = 30, address: str = HOST) -> None:
+    """A self-signed CA (``ca.crt``) and a server certificate for ``address`` (the SuperLink's IP;
+    127.0.0.1 and localhost besides) (``server.pem``, key ``server.key``) signed by it, with the
+    ``cryptography`` package."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -206,7 +244,8 @@ def make_certificates(certs: Path, *, days: int = 30) -> None:
         .not_valid_after(end)
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
+                [x509.DNSName("localhost"),
+                 *{x509.IPAddress(ipaddress.ip_address(a)) for a in (HOST, address)}]
             ),
             critical=False,
         )
@@ -258,9 +297,11 @@ def write_connection(dep: Deployment) -> None:
 
 
 def start_process(dep: Deployment, name: str, cmd: Sequence[str], *, cwd: Path | None = None,
-                  env: Mapping[str, str] | None = None) -> Proc:
-    """Start ``cmd`` in a new session (its own process group), output to ``logs/<name>.log``;
-    ``env`` adds to (or replaces in) the deployment's environment for this process alone."""
+                  env: Mapping[str, str] | None = None, host: str | None = None) -> Proc:
+    """Start ``cmd`` in a new session (its own process group), output to ``logs/<name>.log``, on
+    ``host`` (its namespace, with ``--hosts netns``); ``env`` adds to (or replaces in) the
+    deployment's environment for this process alone."""
+    cmd = [*dep.on(host), *cmd]
     log = dep.logs / f"{name}.log"
     with open(log, "ab") as handle:
         handle.write(f"$ {shlex.join(cmd)}\n".encode())
@@ -278,7 +319,7 @@ def start_superlink(dep: Deployment, *, port: int | None = None, timeout: float 
     """``flower-superlink`` on 127.0.0.1:<port> (one port serves SuperNodes and ``flwr`` CLIs);
     waits until it accepts connections and writes the ``deploy`` connection."""
     dep.superlink_port = port or free_port()
-    cmd = ["flower-superlink", "--host", HOST, "--port", str(dep.superlink_port),
+    cmd = ["flower-superlink", "--host", dep.superlink_host, "--port", str(dep.superlink_port),
            "--disable-runtime-dependency-installation"]
     if dep.tls:
         cmd += ["--ssl-ca-certfile", str(dep.ca_cert), "--ssl-certfile", str(dep.certs / "server.pem"),
@@ -287,29 +328,42 @@ def start_superlink(dep: Deployment, *, port: int | None = None, timeout: float 
         cmd += ["--insecure"]
     if dep.auth:
         cmd += ["--enable-supernode-auth"]
-    proc = start_process(dep, "superlink", cmd)
-    _wait_for_port(proc, dep.superlink_port, timeout)
+    proc = start_process(dep, "superlink", cmd, host="link")
+    _wait_for_port(dep, proc, dep.superlink_port, timeout)
     write_connection(dep)
     return proc
 
 
-def _wait_for_port(proc: Proc, port: int, timeout: float) -> None:
+def _accepts(dep: Deployment, port: int) -> bool:
+    """Whether the SuperLink accepts connections, tried from where the operator is (the root
+    namespace on loopback; the operator's namespace, which can reach it, with netns)."""
+    if dep.net is None:
+        try:
+            with socket.create_connection((HOST, port), timeout=1):
+                return True
+        except OSError:
+            return False
+    probe = f"import socket; socket.create_connection(({dep.superlink_host!r}, {port}), timeout=1).close()"
+    return subprocess.run([*dep.on("operator"), sys.executable, "-c", probe], capture_output=True,
+                          timeout=30).returncode == 0
+
+
+def _wait_for_port(dep: Deployment, proc: Proc, port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not proc.alive():
             raise DeploymentError(f"{proc.name} exited with code {proc.popen.returncode}; see {proc.log}:\n{proc.tail()}")
-        try:
-            with socket.create_connection((HOST, port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise DeploymentError(f"{proc.name} does not accept connections on {HOST}:{port} after {timeout:.0f} s; see {proc.log}")
+        if _accepts(dep, port):
+            return
+        time.sleep(0.3)
+    raise DeploymentError(f"{proc.name} does not accept connections on {dep.superlink_host}:{port} after "
+                          f"{timeout:.0f} s; see {proc.log}")
 
 
 def flwr_cli(dep: Deployment, args: Sequence[str], *, timeout: float = 60) -> subprocess.CompletedProcess:
     """A short ``flwr`` CLI call with this deployment's ``FLWR_HOME``."""
-    return subprocess.run(["flwr", *args], cwd=APP_DIR, env=dep.env, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run([*dep.on("operator"), "flwr", *args], cwd=APP_DIR, env=dep.env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def register_node(dep: Deployment, public_key: Path, *, timeout: float = 60) -> int:
@@ -355,7 +409,7 @@ def start_supernode(
     if dep.auth:
         cmd += ["--auth-supernode-private-key", str(private_key or dep.node_key(index))]
     cmd += list(extra_args)
-    return start_process(dep, name or f"supernode{index}", cmd, env=env)
+    return start_process(dep, name or f"supernode{index}", cmd, env=env, host=f"node{index}")
 
 
 def start_run(dep: Deployment, overrides: str, *, app_dir: Path = APP_DIR) -> Proc:
@@ -363,7 +417,7 @@ def start_run(dep: Deployment, overrides: str, *, app_dir: Path = APP_DIR) -> Pr
     output = shlex.quote(f"output_dir={dep.results}")
     run_config = "overrides=" + json.dumps(f"{overrides} {output}".strip())
     cmd = ["flwr", "run", str(app_dir), CONNECTION, "--stream", "--run-config", run_config]
-    return start_process(dep, "flwr-run", cmd, cwd=app_dir)
+    return start_process(dep, "flwr-run", cmd, cwd=app_dir, host="operator")
 
 
 def wait_for_log(proc: Proc, text: str, *, count: int = 1, timeout: float = 300) -> None:
@@ -525,15 +579,24 @@ def stop_processes(procs: Sequence[Proc], *, grace: float = 10) -> None:
 
 def stop_all(dep: Deployment, *, grace: float = 10) -> None:
     """Stop every process the deployment started: the run and the SuperNodes (they sign off at the
-    SuperLink), then the SuperLink."""
-    stop_processes([p for p in dep.procs if p.name != "superlink"], grace=grace)
-    stop_processes([p for p in dep.procs if p.name == "superlink"], grace=grace)
+    SuperLink), then the SuperLink; then remove the hosts' namespaces, if it made them."""
+    try:
+        stop_processes([p for p in dep.procs if p.name != "superlink"], grace=grace)
+        stop_processes([p for p in dep.procs if p.name == "superlink"], grace=grace)
+    finally:
+        if dep.net is not None:
+            dep.net.destroy()
 
 
 def leftover_pids(dep: Deployment) -> list[int]:
     """Processes started by the deployment (directly or not) that still run; [] after ``stop_all``."""
     table = _ps()
     return sorted({pid for proc in dep.procs for pid in _alive(proc, table)})
+
+
+def leftover_namespaces(dep: Deployment) -> list[str]:
+    """The deployment's network namespaces that still exist; [] after ``stop_all``."""
+    return netns.existing(dep.net.tag) if dep.net is not None else []
 
 
 # ---- the launcher -----------------------------------------------------------------------------
@@ -566,14 +629,17 @@ def deploy(
     auth: bool = False,
     data_dir: str | None = None,
     timeout: float = 1800,
+    hosts: str = "loopback",
 ) -> Path:
     """Run the whole deployment; returns the path of ``results.json``. Always stops what it started."""
     settings = check_overrides(overrides, clients)
     # One data root for the ServerApp and every ClientApp, whatever their working directories.
     data = str(Path(data_dir).expanduser().resolve()) if data_dir else settings.data_dir
     overrides = f"{overrides} {shlex.quote(f'data_dir={data}')}"
-    dep = prepare(workdir, tls=tls, auth=auth, clients=clients)
+    dep = prepare(workdir, tls=tls, auth=auth, clients=clients, hosts=hosts)
     try:
+        if dep.net is not None:
+            print(f"hosts: {', '.join(f'{h} {a} ({n})' for h, (n, a) in dep.net.hosts.items())}", flush=True)
         start_superlink(dep)
         print(f"SuperLink on {dep.superlink_address} ({'TLS' if tls else 'insecure'}"
               f"{', SuperNode authentication' if auth else ''}); logs in {dep.logs}", flush=True)
@@ -615,11 +681,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--auth", action="store_true", help="SuperNode authentication (needs --tls)")
     parser.add_argument("--data-dir", default=None, help="data root for the SuperNodes (default: $FEDVTC_DATA_DIR or ./data)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds the run may take (default 1800)")
+    parser.add_argument("--hosts", choices=HOSTS, default="loopback",
+                        help="loopback: every process on 127.0.0.1; netns: the SuperLink, each SuperNode and "
+                             "the operator in a network namespace of its own, on a virtual network (needs root)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         deploy(args.workdir, clients=args.clients, overrides=args.overrides, tls=args.tls, auth=args.auth,
-               data_dir=args.data_dir, timeout=args.timeout)
+               data_dir=args.data_dir, timeout=args.timeout, hosts=args.hosts)
     except KeyboardInterrupt:
         print("interrupted; every started process was stopped", file=sys.stderr)
         return 130
