@@ -1,9 +1,10 @@
 """Flower's simulation on a Ray cluster of two nodes (slow): a head and a worker started with
 ``ray start`` as docs/DEPLOYMENT.md gives them, both on this machine (Ray runs several nodes on one
 host, each with its own raylet and resources: 1 CPU each here) and on loopback only. FedVTC runs on
-it through ``run_simulation.py``, with the address from the config and from ``RAY_ADDRESS``; the
-client actors ran on both nodes (Ray's GCS says so), the metrics are those of the same config run
-on a Ray of its own, and the cluster is stopped afterwards with nothing left running.
+it through ``run_simulation.py`` (with the address from the config and from ``RAY_ADDRESS``) and
+through ``flwr run`` (``RAY_ADDRESS``); the client actors ran on both nodes (Ray's GCS says so),
+the metrics are those of the same config run on a Ray of its own, and the cluster is stopped
+afterwards with nothing left running.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -150,3 +152,51 @@ def test_the_address_can_come_from_ray_address(cluster, data_dir: Path, tmp_path
                     f"hydra.run.dir={tmp_path}"], data_dir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert len(_placement(address)["actor_nodes"]) == before + 2  # its two actors ran on the cluster
+
+
+def _processes_with_env(key: str, value: str) -> list[int]:
+    """PIDs of processes whose environment has ``key=value`` (the detached local SuperLink that
+    ``flwr run`` starts outlives it, as do its children)."""
+    wanted = f"{key}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_flwr_run_runs_on_the_cluster_too(cluster, data_dir: Path, tmp_path: Path, simulated: dict) -> None:
+    """``flwr run`` (Flower's local simulation) with RAY_ADDRESS exported: the local SuperLink it
+    starts runs the clients on the cluster, and the metrics are the single-node simulation's."""
+    address, _ = cluster
+    home = tmp_path / "flwr_home"
+    home.mkdir()
+    env = dict(os.environ, RAY_ADDRESS=address, FLWR_HOME=str(home), FEDVTC_DATA_DIR=str(data_dir),
+               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", PYTHONUNBUFFERED="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    from deployment_helpers import OVERRIDES
+
+    overrides = f"{OVERRIDES} output_dir={tmp_path / 'out'}"
+    before = Counter(_placement(address)["actor_nodes"])
+    try:
+        proc = subprocess.run(["flwr", "run", str(Path(__file__).resolve().parents[1]), "--stream",
+                               "--run-config", f"overrides='{overrides}'",
+                               "--federation-config", "num-supernodes=2 client-resources-num-cpus=1"],
+                              env=env, capture_output=True, text=True, timeout=600)
+    finally:  # the local SuperLink flwr run started (and what it started) outlive the command
+        for pid in _processes_with_env("FLWR_HOME", str(home)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    placement = _placement(address)
+    added = Counter(placement["actor_nodes"]) - before
+    assert added == Counter({node: 1 for node in placement["nodes"]})  # one new client actor on each node
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert _metrics(results) == _metrics(simulated)
+    assert _processes_with_env("FLWR_HOME", str(home)) == []
