@@ -101,6 +101,13 @@ def test_paired_differences_per_seed_against_training_alone_and_the_best_baselin
     assert rows["local"]["Δ vs local (pp, per seed)"] == "–"
 
 
+def test_a_baseline_with_fewer_seeds_is_not_the_best_baseline(tmp_path: Path) -> None:
+    _table(tmp_path)
+    _write(tmp_path, "algorithm=fedproto", label="fedproto", acc=0.50, seed=0)  # one lucky seed so far
+    rows = {r["method"]: r for r in compare.collect([tmp_path])}
+    assert rows["fedvtc"]["Δ vs best baseline (pp, per seed)"].endswith("vs ccvr")
+
+
 def test_megabytes_to_the_final_accuracy_of_training_alone(tmp_path: Path) -> None:
     _table(tmp_path)
     rows = {r["method"]: r for r in compare.collect([tmp_path])}
