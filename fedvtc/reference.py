@@ -119,9 +119,9 @@ def save_reference(model: HeteroModel, directory: str | os.PathLike, *, test_acc
 _LOADED: dict[str, tuple[tuple[int, int], HeteroModel]] = {}
 
 
-def load_reference(directory: str | os.PathLike, *, file: str = REFERENCE_FILE) -> HeteroModel | None:
+def load_reference(directory: str | os.PathLike) -> HeteroModel | None:
     """The run's reference classifier, or None when the run has none (e.g. on a remote SuperNode)."""
-    path = Path(directory) / file
+    path = Path(directory) / REFERENCE_FILE
     try:
         stat = path.stat()
     except FileNotFoundError:
@@ -139,10 +139,6 @@ def load_reference(directory: str | os.PathLike, *, file: str = REFERENCE_FILE) 
     _LOADED.clear()  # one judge at a time: a sweep's cells each have their own
     _LOADED[str(path)] = (identity, model)
     return model
-
-
-def _reference_accuracy(directory: Path, file: str) -> float | None:
-    return torch.load(directory / file, map_location="cpu", weights_only=False).get("test_accuracy")
 
 
 # --- the cache of trained judges -------------------------------------------------------------------
@@ -183,11 +179,11 @@ def reference_from_cache(key: str, output_dir: str | os.PathLike) -> float | Non
     if directory is None or not (directory / name).exists():
         return False
     try:
-        model = load_reference(directory, file=name)
-        accuracy = _reference_accuracy(directory, name)
+        state = torch.load(directory / name, map_location="cpu", weights_only=False)
+        accuracy = state["test_accuracy"]
     except Exception:  # a damaged entry is a miss; it is rewritten after training
         return False
-    save_reference(model, output_dir, test_accuracy=accuracy)
+    save_state(Path(output_dir) / REFERENCE_FILE, state)  # the same file save_reference writes
     return accuracy
 
 
