@@ -412,6 +412,32 @@ def start_supernode(
     return start_process(dep, name or f"supernode{index}", cmd, env=env, host=f"node{index}")
 
 
+def restart_supernode(dep: Deployment, index: int, num_nodes: int, *, data_dir: str | os.PathLike | None = None,
+                      timeout: float = 240, name: str | None = None) -> Proc:
+    """Start SuperNode ``index`` again (same node config, key and state dir) and return it once the
+    SuperLink has activated it.
+
+    The SuperLink refuses to activate a node it still counts as online ("Failed to activate
+    SuperNode"): one that was killed, or stopped before it could sign off, stays online until its
+    heartbeat expires (2 x 30 s in Flower 1.42). So a refused start is retried until ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    attempt = 0
+    while time.monotonic() < deadline:
+        attempt += 1
+        node = start_supernode(dep, index, num_nodes, data_dir=data_dir,
+                               name=f"{name or f'supernode{index}-restart'}{attempt}")
+        settle = time.monotonic() + 30
+        while node.alive() and time.monotonic() < settle:
+            if "SuperNode ID:" in node.log.read_text(errors="replace"):
+                return node
+            time.sleep(0.5)
+        stop_process(node)
+        time.sleep(5)
+    raise DeploymentError(f"SuperNode {index} was not let back in within {timeout:.0f} s; "
+                          f"see the supernode{index}-restart*.log files in {dep.logs}")
+
+
 def start_run(dep: Deployment, overrides: str, *, app_dir: Path = APP_DIR) -> Proc:
     """``flwr run <app> deploy --stream`` with ``overrides`` plus ``output_dir=<workdir>/results``."""
     output = shlex.quote(f"output_dir={dep.results}")

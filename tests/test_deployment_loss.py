@@ -27,26 +27,6 @@ OVERRIDES = "experiment=debug num_clients=2 num_rounds=3 eval.reference_model=nu
 CLIENTAPP_STARTS = "Start `flwr-clientapp` process"  # one per message the node receives
 
 
-def _restart_when_let_go(dep: D.Deployment, data_dir: Path, *, timeout: float = 240) -> D.Proc:
-    """Start SuperNode 1 again until the SuperLink accepts it (it refuses while the killed node's
-    heartbeat has not expired)."""
-    deadline = time.monotonic() + timeout
-    attempt = 0
-    while time.monotonic() < deadline:
-        attempt += 1
-        node = D.start_supernode(dep, 1, 2, data_dir=data_dir, name=f"supernode1-restart{attempt}")
-        settle = time.monotonic() + 20
-        while node.alive() and "SuperNode ID:" not in node.log.read_text(errors="replace"):
-            if time.monotonic() > settle:
-                break
-            time.sleep(0.5)
-        if node.alive() and "SuperNode ID:" in node.log.read_text(errors="replace"):
-            return node
-        D.stop_process(node)
-        time.sleep(5)
-    raise D.DeploymentError(f"SuperNode 1 was not let back in within {timeout:.0f} s")
-
-
 @pytest.fixture(scope="module")
 def lost_node_run(flower_env: dict[str, str], data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     dep = D.prepare(tmp_path_factory.mktemp("deploy_loss"), tls=True, auth=True, clients=2)
@@ -62,7 +42,7 @@ def lost_node_run(flower_env: dict[str, str], data_dir: Path, tmp_path_factory: 
         time.sleep(1.0)  # its ClientApp process is importing and training now
         out["state_before"] = sorted(dep.state_dir(1).glob("run-*/client_1.pt"))
         D.kill_process(nodes[1])
-        restarted = _restart_when_let_go(dep, data_dir)
+        restarted = D.restart_supernode(dep, 1, 2, data_dir=data_dir)
         out["status"] = D.wait_run(dep, run, timeout=RUN_TIMEOUT, watch=[dep.procs[0], nodes[0], restarted])
         out["restarted_log"] = restarted.log.read_text(errors="replace")
         out["node_ids"] = node_ids

@@ -35,7 +35,9 @@ def secure_run(flower_env: dict[str, str], data_dir: Path, tmp_path_factory: pyt
         out.state_before = sorted((dep.state_dir(1)).glob("run-*/client_1.pt"))
         D.stop_process(nodes[1])
         out.first_exit = nodes[1].popen.returncode
-        restarted = D.start_supernode(dep, 1, 2, data_dir=data_dir, name="supernode1-restarted")
+        # Retried while the SuperLink still counts the stopped node as online (it may not have
+        # signed off in time on a busy machine).
+        restarted = D.restart_supernode(dep, 1, 2, data_dir=data_dir)
         out.status = D.wait_run(dep, run, timeout=RUN_TIMEOUT, watch=[dep.procs[0], nodes[0], restarted])
         out.restarted_log = restarted.log.read_text()
         listed = D.flwr_cli(dep, ["supernode", "list", D.CONNECTION, "--format", "json"])
