@@ -22,11 +22,12 @@ run: setup
 	$(BIN)/python run_simulation.py $(ARGS)
 
 # Two workers, one per core; each test file runs whole on one worker (its module fixtures, e.g. a
-# deployment, are made once), so the files of real runs overlap with the others' waits.
+# deployment, are made once), so the files of real runs overlap with the others' waits. Files go out
+# in collection order, the longest first (tests/conftest.py, HEAVIEST_FILES_FIRST).
 TEST_WORKERS ?= 2
 
 test: setup
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # Offline machines of this project: write MNIST, CIFAR-10/100 from ../shared into ./data.
 data: setup

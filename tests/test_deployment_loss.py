@@ -5,8 +5,8 @@ is killed (SIGKILL, its whole process tree) while its round-2 ClientApp process 
 nothing saved. The SuperLink takes it for offline once its heartbeat expires (about a minute) and
 answers the ServerApp with "Node Unavailable", so round 2 completes with client 0 alone
 (``simulation.min_fit_fraction`` 0.5) and counts the failure in results.json; the run finishes.
-Restarted with its key and state dir (refused until the SuperLink has let it go, so retried), the
-node gets its id back and its client continues from its saved round-1 state: the training then
+Restarted with its key and state dir once round 2 has ended (refused while the SuperLink still
+counts it online, so retried), the node gets its id back and its client continues from its saved round-1 state: the training then
 equals, number for number, the simulation of the same config in which client 1 fails in round 2.
 """
 
@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 OVERRIDES = "experiment=debug num_clients=2 num_rounds=3 eval.reference_model=null"
 CLIENTAPP_STARTS = "Start `flwr-clientapp` process"  # one per message the node receives
+ROUND_2_LOST = "aggregate_fit: received 1 results and 1 failures"
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,10 @@ def lost_node_run(flower_env: dict[str, str], data_dir: Path, tmp_path_factory: 
         time.sleep(1.0)  # its ClientApp process is importing and training now
         out["state_before"] = sorted(dep.state_dir(1).glob("run-*/client_1.pt"))
         D.kill_process(nodes[1])
+        # Restart only once the ServerApp has counted the loss: a node back online before the
+        # SuperLink answered "Node Unavailable" for its lost message leaves round 2 waiting for a
+        # reply that never comes (seen in CI).
+        D.wait_for_log(run, ROUND_2_LOST, timeout=RUN_TIMEOUT)
         restarted = D.restart_supernode(dep, 1, 2, data_dir=data_dir)
         out["status"] = D.wait_run(dep, run, timeout=RUN_TIMEOUT, watch=[dep.procs[0], nodes[0], restarted])
         out["restarted_log"] = restarted.log.read_text(errors="replace")
