@@ -3,12 +3,65 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
+
+from fedvtc import deploy as D
+from helpers import REPO
 
 # Two clients, two rounds on 3% of MNIST; no reference classifier (it would add a centrally trained
 # model before round 1 and nothing to what these tests check).
 OVERRIDES = "experiment=debug num_clients=2 eval.reference_model=null"
 RUN_TIMEOUT = 420  # seconds per deployment; the whole run takes 1-2 minutes on 2 idle cores
+
+
+def start_launcher(flower_env: dict[str, str], workdir: Path, *args: str) -> D.Proc:
+    """``python -m fedvtc.deploy --clients 2 --overrides OVERRIDES --workdir <workdir> <args>`` in a
+    session of its own, its output in ``<workdir>.launcher.log`` beside the workdir."""
+    cmd = [sys.executable, "-m", "fedvtc.deploy", "--clients", "2", "--overrides", OVERRIDES,
+           "--workdir", str(workdir), *args]
+    log = workdir.parent / f"{workdir.name}.launcher.log"
+    with open(log, "wb") as handle:
+        popen = subprocess.Popen(cmd, cwd=REPO, env=flower_env, stdout=handle, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    return D.Proc("launcher", popen, log)
+
+
+def wait_launcher(launcher: D.Proc, timeout: float) -> None:
+    """Wait for the launcher to end, tracking the processes it starts; stop what is left after
+    ``timeout`` seconds (a no-op when it ended by itself)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while launcher.alive() and time.monotonic() < deadline:
+            D.track([launcher])
+            time.sleep(1)
+    finally:
+        D.stop_processes([launcher])
+
+
+def interrupt_launcher(launcher: D.Proc, *, timeout: float = 180) -> int:
+    """SIGTERM to the launcher (as Ctrl-C would) once it has started ``flwr run``; its exit code."""
+    try:
+        deadline = time.monotonic() + timeout
+        while "flwr run started" not in launcher.log.read_text() and launcher.alive() and time.monotonic() < deadline:
+            D.track([launcher])
+            time.sleep(0.5)
+        D.track([launcher])
+        assert launcher.alive(), launcher.log.read_text()[-2000:]
+        os.kill(launcher.pid, signal.SIGTERM)
+        return launcher.popen.wait(timeout=90)
+    finally:
+        D.stop_processes([launcher])
+
+
+def leftover_of(launcher: D.Proc) -> list[int]:
+    """The processes the launcher started (directly or not) that still run."""
+    return D.leftover_pids(SimpleNamespace(procs=[launcher]))  # type: ignore[arg-type]
 
 
 def results_of(path: Path) -> dict:

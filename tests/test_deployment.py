@@ -6,10 +6,6 @@ Every test checks that no process it started (or that those started) is left.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,8 +15,9 @@ import pytest
 from fedvtc import deploy as D
 from fedvtc.config import ConfigError
 from fedvtc.flwr_config import for_node
-from deployment_helpers import OVERRIDES, RUN_TIMEOUT, check_shape, results_of, round_metrics
-from helpers import REPO, compose_config
+from deployment_helpers import (RUN_TIMEOUT, check_shape, interrupt_launcher, leftover_of, results_of, round_metrics,
+                                start_launcher, wait_launcher)
+from helpers import compose_config
 
 # ---- node config (fast) ------------------------------------------------------------------------
 
@@ -105,23 +102,11 @@ def test_launcher_checks_clients_against_the_config() -> None:
 def launcher_run(flower_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """``python -m fedvtc.deploy`` with 2 insecure SuperNodes, its process tree tracked from outside."""
     workdir = tmp_path_factory.mktemp("deploy_insecure")
-    cmd = [sys.executable, "-m", "fedvtc.deploy", "--clients", "2", "--overrides", OVERRIDES,
-           "--workdir", str(workdir), "--timeout", str(RUN_TIMEOUT)]
-    log = workdir.parent / f"{workdir.name}.launcher.log"
-    with open(log, "wb") as handle:
-        popen = subprocess.Popen(cmd, cwd=REPO, env=flower_env, stdout=handle, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-    launcher = D.Proc("launcher", popen, log)
     start = time.monotonic()
-    try:
-        while popen.poll() is None and time.monotonic() - start < RUN_TIMEOUT + 120:
-            D.track([launcher])
-            time.sleep(1)
-    finally:
-        D.stop_processes([launcher])  # a no-op when it ended by itself
-        left = D.leftover_pids(SimpleNamespace(procs=[launcher]))  # type: ignore[arg-type]
-    return SimpleNamespace(workdir=workdir, rc=popen.returncode, output=log.read_text(), tree=launcher.tree,
-                           left=left, seconds=time.monotonic() - start)
+    launcher = start_launcher(flower_env, workdir, "--timeout", str(RUN_TIMEOUT))
+    wait_launcher(launcher, RUN_TIMEOUT + 120)
+    return SimpleNamespace(workdir=workdir, rc=launcher.popen.returncode, output=launcher.log.read_text(),
+                           tree=launcher.tree, left=leftover_of(launcher), seconds=time.monotonic() - start)
 
 
 @pytest.mark.slow
@@ -151,24 +136,8 @@ def test_deployment_gives_the_simulations_metrics(launcher_run: SimpleNamespace,
 @pytest.mark.slow
 def test_launcher_stops_everything_on_sigterm(flower_env: dict[str, str], tmp_path: Path) -> None:
     """Interrupting the launcher mid-run (SIGTERM, as Ctrl-C would) stops every process it started."""
-    cmd = [sys.executable, "-m", "fedvtc.deploy", "--clients", "2", "--overrides", OVERRIDES,
-           "--workdir", str(tmp_path / "w")]
-    log = tmp_path / "launcher.log"
-    with open(log, "wb") as handle:
-        popen = subprocess.Popen(cmd, cwd=REPO, env=flower_env, stdout=handle, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-    launcher = D.Proc("launcher", popen, log)
-    try:
-        deadline = time.monotonic() + 120
-        while "flwr run started" not in log.read_text() and popen.poll() is None and time.monotonic() < deadline:
-            D.track([launcher])
-            time.sleep(0.5)
-        D.track([launcher])
-        assert popen.poll() is None, log.read_text()[-2000:]
-        os.kill(popen.pid, signal.SIGTERM)
-        rc = popen.wait(timeout=90)
-    finally:
-        D.stop_processes([launcher])
-    assert rc == 130 and "interrupted" in log.read_text()
+    launcher = start_launcher(flower_env, tmp_path / "w")
+    rc = interrupt_launcher(launcher, timeout=120)
+    assert rc == 130 and "interrupted" in launcher.log.read_text()
     assert len(launcher.tree) >= 5
-    assert D.leftover_pids(SimpleNamespace(procs=[launcher])) == []  # type: ignore[arg-type]
+    assert leftover_of(launcher) == []

@@ -8,17 +8,15 @@ on failure and on interruption. Skipped, with the reason, where namespaces canno
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from deployment_helpers import OVERRIDES, RUN_TIMEOUT, results_of, round_metrics
+from deployment_helpers import (OVERRIDES, RUN_TIMEOUT, interrupt_launcher, leftover_of, results_of, round_metrics,
+                                start_launcher, wait_launcher)
 from fedvtc import deploy as D
 from fedvtc import netns
 from helpers import REPO
@@ -26,14 +24,8 @@ from helpers import REPO
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(netns.unavailable()), reason=f"{netns.unavailable()}")]
 
 
-def _launch(flower_env: dict[str, str], workdir: Path, *extra: str) -> tuple[D.Proc, Path]:
-    cmd = [sys.executable, "-m", "fedvtc.deploy", "--clients", "2", "--overrides", OVERRIDES, "--tls", "--auth",
-           "--hosts", "netns", "--workdir", str(workdir), *extra]
-    log = workdir.parent / f"{workdir.name}.launcher.log"
-    with open(log, "wb") as handle:
-        popen = subprocess.Popen(cmd, cwd=REPO, env=flower_env, stdout=handle, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-    return D.Proc("launcher", popen, log), log
+def _launch(flower_env: dict[str, str], workdir: Path, *extra: str) -> D.Proc:
+    return start_launcher(flower_env, workdir, "--tls", "--auth", "--hosts", "netns", *extra)
 
 
 def _namespaces_of(log: Path) -> list[str]:
@@ -50,25 +42,14 @@ def _left(names: list[str]) -> list[str]:
     return netns.existing(tag + "-")
 
 
-def _wait(launcher: D.Proc, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    try:
-        while launcher.popen.poll() is None and time.monotonic() < deadline:
-            D.track([launcher])
-            time.sleep(1)
-    finally:
-        D.stop_processes([launcher])
-
-
 @pytest.fixture(scope="module")
 def netns_run(flower_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     workdir = tmp_path_factory.mktemp("deploy_netns")
-    launcher, log = _launch(flower_env, workdir, "--timeout", str(RUN_TIMEOUT))
-    _wait(launcher, RUN_TIMEOUT + 120)
-    names = _namespaces_of(log)
-    return SimpleNamespace(workdir=workdir, rc=launcher.popen.returncode, output=log.read_text(errors="replace"),
-                           namespaces=names, left=D.leftover_pids(SimpleNamespace(procs=[launcher])),  # type: ignore[arg-type]
-                           namespaces_left=_left(names) if names else None)
+    launcher = _launch(flower_env, workdir, "--timeout", str(RUN_TIMEOUT))
+    wait_launcher(launcher, RUN_TIMEOUT + 120)
+    names = _namespaces_of(launcher.log)
+    return SimpleNamespace(workdir=workdir, rc=launcher.popen.returncode, output=launcher.log.read_text(errors="replace"),
+                           namespaces=names, left=leftover_of(launcher), namespaces_left=_left(names) if names else None)
 
 
 def test_a_deployment_across_namespaces_gives_the_simulations_metrics(netns_run, simulated: dict) -> None:
@@ -94,29 +75,20 @@ def test_a_deployment_across_namespaces_gives_the_simulations_metrics(netns_run,
 
 def test_a_failed_or_interrupted_netns_deployment_leaves_nothing(flower_env: dict[str, str], tmp_path: Path) -> None:
     # Failure: the run cannot finish in 5 s.
-    launcher, log = _launch(flower_env, tmp_path / "failed", "--timeout", "5")
-    _wait(launcher, 180)
-    names = _namespaces_of(log)
-    assert launcher.popen.returncode == 1 and "did not finish within 5 s" in log.read_text(), log.read_text()[-2000:]
+    launcher = _launch(flower_env, tmp_path / "failed", "--timeout", "5")
+    wait_launcher(launcher, 180)
+    log = launcher.log.read_text()
+    assert launcher.popen.returncode == 1 and "did not finish within 5 s" in log, log[-2000:]
+    names = _namespaces_of(launcher.log)
     assert names and _left(names) == []
-    assert D.leftover_pids(SimpleNamespace(procs=[launcher])) == []  # type: ignore[arg-type]
+    assert leftover_of(launcher) == []
     # Interruption: SIGTERM once the run has started.
-    launcher, log = _launch(flower_env, tmp_path / "interrupted")
-    try:
-        deadline = time.monotonic() + 180
-        while "flwr run started" not in log.read_text() and launcher.alive() and time.monotonic() < deadline:
-            D.track([launcher])
-            time.sleep(0.5)
-        assert launcher.alive(), log.read_text()[-2000:]
-        D.track([launcher])
-        os.kill(launcher.pid, signal.SIGTERM)
-        rc = launcher.popen.wait(timeout=90)
-    finally:
-        D.stop_processes([launcher])
-    names = _namespaces_of(log)
-    assert rc == 130 and "interrupted" in log.read_text()
+    launcher = _launch(flower_env, tmp_path / "interrupted")
+    rc = interrupt_launcher(launcher)
+    names = _namespaces_of(launcher.log)
+    assert rc == 130 and "interrupted" in launcher.log.read_text()
     assert names and _left(names) == []
-    assert D.leftover_pids(SimpleNamespace(procs=[launcher])) == []  # type: ignore[arg-type]
+    assert leftover_of(launcher) == []
 
 
 def test_the_launcher_says_why_when_namespaces_cannot_be_made(flower_env: dict[str, str], tmp_path: Path) -> None:

@@ -13,16 +13,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
+from fedvtc import deploy as D
 from helpers import run_cli
 
 pytestmark = pytest.mark.slow
@@ -31,12 +32,6 @@ RAY = str(Path(sys.executable).with_name("ray"))
 # 2 clients so that each node's one CPU holds one client actor; FedVTC's averaged VTC trains in
 # round 2; no reference classifier (nothing here reads synthetic scores).
 CELL = ["experiment=debug", "num_clients=2", "num_rounds=2", "eval.reference_model=null"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ray_start(args: list[str], log: Path) -> subprocess.Popen:
@@ -56,24 +51,29 @@ def _wait_started(proc: subprocess.Popen, log: Path, timeout: float = 120) -> No
         time.sleep(0.5)
 
 
-def _processes_mentioning(text: str) -> list[int]:
-    """PIDs of processes whose command line mentions ``text`` (the cluster's temp directory)."""
+def _pids_whose(proc_file: str, matches: Callable[[bytes], bool]) -> list[int]:
+    """PIDs of the other processes on the machine whose ``/proc/<pid>/<proc_file>`` ``matches``."""
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
-                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                if matches((entry / proc_file).read_bytes()):
                     found.append(int(entry.name))
             except OSError:
                 pass
     return found
 
 
+def _processes_mentioning(text: str) -> list[int]:
+    """PIDs of processes whose command line mentions ``text`` (the cluster's temp directory)."""
+    return _pids_whose("cmdline", lambda cmdline: text.encode() in cmdline.replace(b"\0", b" "))
+
+
 @pytest.fixture(scope="module")
 def cluster():
     # Short: Ray's unix sockets live under it, and a socket path may not exceed 107 bytes.
     temp = Path(tempfile.mkdtemp(prefix="fedvtc-ray-", dir="/tmp"))
-    port = _free_port()
+    port = D.free_port()
     address = f"127.0.0.1:{port}"
     procs = []
     try:
@@ -158,15 +158,7 @@ def _processes_with_env(key: str, value: str) -> list[int]:
     """PIDs of processes whose environment has ``key=value`` (the detached local SuperLink that
     ``flwr run`` starts outlives it, as do its children)."""
     wanted = f"{key}={value}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if wanted in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
+    return _pids_whose("environ", lambda environ: wanted in environ.split(b"\0"))
 
 
 def test_flwr_run_runs_on_the_cluster_too(cluster, data_dir: Path, tmp_path: Path, simulated: dict) -> None:
