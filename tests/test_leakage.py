@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from fedvtc.privacy.leakage import (
     skip_reason,
 )
 from fedvtc.state import load_state, state_path
-from helpers import TINY_FEDVTC, TINY_RUN, compose_config
+from helpers import REPO, TINY_FEDVTC, TINY_RUN, compose_config
 
 
 def _images(n: int, seed: int, shape: tuple[int, ...] = (1, 28, 28)) -> torch.Tensor:
@@ -276,3 +277,14 @@ def test_tiny_fedvtc_run_is_evaluated(data_dir: Path, tmp_path: Path, monkeypatc
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["privacy"]) == {"0", "1"} and results["privacy"]["1"]["per_class"] == 3
     assert (tmp_path / "privacy_client1.png").exists()
+
+    # benchmarks/synthetic_diversity.py reads the same finished run: no latent noise, no diversity;
+    # more noise, more; the real images of the dataset for scale.
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import synthetic_diversity
+
+    row = synthetic_diversity.diagnose(tmp_path, 0)
+    within = [row[f"synthetic within-class std, noise x{scale:g}"] for scale in synthetic_diversity.SCALES]
+    assert within[0] == pytest.approx(0.0, abs=1e-6) and within == sorted(within) and within[-1] > 0
+    assert row["class distance / class radius"] > 0
+    assert 0 < row["psi(g(x)) within-class std"] and 0 < row["real within-class std"] < 0.5
