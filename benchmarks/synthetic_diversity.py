@@ -15,9 +15,16 @@ client's last VTC and the pooled class Gaussians it last received:
   and for their reconstructions through the client's own extractor and the VTC, psi(g(x)): does
   the feature of an image carry more than its class?
 
+- how much of an image beyond its class the pipeline keeps, on 4,000 training images (3,000 to
+  fit, 1,000 held out), as the within-class R^2 (share of the pixel variance left after removing
+  each class's mean image that a reconstruction explains): a ridge map from the client's features
+  (what the features carry), the run's VTC on those features (what its decoder keeps), and, with
+  ``--fresh-decoder-steps N``, a fresh VTC of the same shape trained N steps on this one client's
+  frozen features, with the paper's training noise v = z + sigma_y * eps and without it.
+
 A decoder whose within-class std is far below the real images' draws about one image per class
-(the class's template): what a reconstruction loss learns when the latents it decodes carry little
-more than the class.
+(the class's template). If the features carry much more than the decoder keeps, the loss is in the
+decoder's training, not in the features.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ from fedvtc.zoo import create_model  # noqa: E402
 
 SCALES = (0.0, 1.0, 3.0, 10.0)
 PER_CLASS = 16
+PROBE_FIT, PROBE_HELD = 3000, 1000
+RIDGE = 1.0
 
 
 def spread(pixels: torch.Tensor) -> tuple[float, float]:
@@ -60,7 +69,47 @@ def real_images(settings) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def diagnose(run: Path, client: int) -> dict:
+def within_class(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``values`` minus the mean of its class, row by row."""
+    out = values.clone()
+    for c in labels.unique():
+        out[labels == c] -= values[labels == c].mean(dim=0)
+    return out
+
+
+def r_squared(target: torch.Tensor, estimate: torch.Tensor) -> float:
+    return float(1 - ((target - estimate) ** 2).sum() / (target ** 2).sum())
+
+
+def fresh_decoder_r2(settings, features: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+                     stds: torch.Tensor, *, steps: int, noise: float) -> float:
+    """Held-out within-class R^2 of a fresh VTC trained ``steps`` Adam steps (lr as the run's,
+    batch 32) to reconstruct ``images[:PROBE_FIT]`` from ``features + noise * stds[y] * eps``."""
+    torch.manual_seed(0)
+    vtc = build_vtc(settings)
+    optimizer = torch.optim.Adam(vtc.parameters(), lr=settings.algorithm.vtc.lr)
+    generator = torch.Generator().manual_seed(1)
+    vtc.train()
+    for _ in range(steps):
+        batch = torch.randint(0, PROBE_FIT, (32,), generator=generator)
+        latents = features[batch] + noise * torch.randn(features[batch].shape, generator=generator) * stds[labels[batch]]
+        loss = torch.nn.functional.mse_loss(vtc(latents), images[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    vtc.eval()
+    return reconstruction_r2(vtc, features, images, labels)
+
+
+def reconstruction_r2(vtc, features: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> float:
+    held = slice(PROBE_FIT, PROBE_FIT + PROBE_HELD)
+    with torch.no_grad():
+        rec = vtc.to_pixels(vtc(features[held])).flatten(1)
+    real = vtc.to_pixels(images[held]).flatten(1)
+    return r_squared(within_class(real, labels[held]), within_class(rec, labels[held]))
+
+
+def diagnose(run: Path, client: int, fresh_decoder_steps: int = 0) -> dict:
     settings = build_settings(OmegaConf.load(run / "config.yaml"), output_dir=run)
     state = load_state(run / "client_state" / f"client_{client}.pt")
     if state is None or "vtc" not in state.get("extra", {}):
@@ -93,6 +142,26 @@ def diagnose(run: Path, client: int) -> dict:
         row["psi(g(x)) within-class std"] = spread(vtc.to_pixels(reconstructed).view(*real.shape[:2], -1))[0]
         within, across = spread(to_unit_pixels(real.flatten(0, 1), d.mean, d.std).view(*real.shape[:2], -1))
         row["real within-class std"], row["real between-class std"] = within, across
+
+        # What of an image beyond its class survives: features, the run's decoder, a fresh one.
+        train, _ = load_dataset(d, None, download=False)
+        pick = torch.randperm(len(train.y), generator=torch.Generator().manual_seed(0))[:PROBE_FIT + PROBE_HELD]
+        images, labels = train.x[pick], train.y[pick]
+        features = model.extractor(images)
+        pixels = within_class(to_unit_pixels(images, d.mean, d.std).flatten(1).double(), labels)
+        centred = within_class(features.double(), labels)
+        fit, held = slice(0, PROBE_FIT), slice(PROBE_FIT, PROBE_FIT + PROBE_HELD)
+        gram = centred[fit].T @ centred[fit] + RIDGE * torch.eye(centred.shape[1], dtype=torch.float64)
+        ridge = torch.linalg.solve(gram, centred[fit].T @ pixels[fit])
+        held_pixels = within_class(to_unit_pixels(images[held], d.mean, d.std).flatten(1).double(), labels[held])
+        held_features = within_class(features[held].double(), labels[held])
+        row["R2 features (ridge)"] = r_squared(held_pixels, held_features @ ridge)
+        row["R2 run's VTC"] = reconstruction_r2(vtc, features, images, labels)
+    if fresh_decoder_steps:
+        stds = target.variances.sqrt().float()
+        for noise in (1.0, 0.0):
+            row[f"R2 fresh VTC, {fresh_decoder_steps} steps, noise x{noise:g}"] = fresh_decoder_r2(
+                settings, features, images, labels, stds, steps=fresh_decoder_steps, noise=noise)
     return row
 
 
@@ -100,9 +169,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--client", type=int, default=0)
+    parser.add_argument("--fresh-decoder-steps", type=int, default=0,
+                        help="also train a fresh VTC this many steps on the client's features (slow: minutes)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here (Markdown)")
     args = parser.parse_args()
-    rows = [diagnose(run, args.client) for run in args.runs]
+    rows = [diagnose(run, args.client, args.fresh_decoder_steps) for run in args.runs]
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
