@@ -40,6 +40,8 @@ READINGS=(
   "algorithm=fedvtc $SG0 algorithm.vtc.train_encoder=true algorithm.vtc.encoder_weight=0.1"
   "algorithm=fedvtc $SG0E algorithm.kl_reduction=mean"
   "algorithm=fedvtc $SG0E algorithm.vtc.start_round=4"
+  "algorithm=fedvtc $SG0E algorithm.vtc.train_noise=0.0"
+  "algorithm=fedvtc $SG0E algorithm.vtc.train_noise=0.3"
 )
 if [[ -n "${READINGS_ONLY:-}" ]]; then  # e.g. READINGS_ONLY="0 3" runs lines 0 and 3 only
   selected=(); for i in $READINGS_ONLY; do selected+=("${READINGS[$i]}"); done; READINGS=("${selected[@]}")

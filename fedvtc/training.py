@@ -187,11 +187,13 @@ def train_vtc(
     dm_space: str = "features",
     encoder_optimizer: torch.optim.Optimizer | None = None,
     encoder_weight: float = 1.0,
+    train_noise: float = 1.0,
 ) -> dict[str, float]:
     """Train the VTC with the classifier frozen: reconstruction + dm_weight * distribution matching.
 
-    Reconstruction: z = g(x), v = z + sigma_y * eps, loss ||vtc(v) - x||^2, with sigma_y the global
-    standard deviation of the sample's class. Distribution matching: ``dm_per_class`` latents from
+    Reconstruction: z = g(x), v = z + train_noise * sigma_y * eps, loss ||vtc(v) - x||^2, with
+    sigma_y the global standard deviation of the sample's class (``train_noise`` 1 = METHOD.md §2;
+    smaller lets the decoder keep more of what z carries beyond its class). Distribution matching: ``dm_per_class`` latents from
     every global class Gaussian, decoded, re-encoded by the frozen g, and either their per-class
     feature mean and std matched to (c^y, sigma_y) (``dm_space="features"``) or the frozen
     classifier's cross-entropy on them (``"logits"``: the decoded image must be classified as y).
@@ -226,7 +228,9 @@ def train_vtc(
                     model.extractor.requires_grad_(True)
                 with torch.set_grad_enabled(encoder_optimizer is not None):
                     z = model.forward_features(x)
-                noise = torch.randn(z.shape, generator=generator).to(device)
+                noise = torch.randn(z.shape, generator=generator).to(device)  # drawn at any scale: same stream
+                if train_noise != 1.0:
+                    noise = noise * train_noise
                 rec = F.mse_loss(vtc(z + noise * stds[y]), x)
                 # Backward now, while the encoder (if it trains) still takes gradients; the DM
                 # term below is backpropagated with it frozen, so it reaches the VTC alone.

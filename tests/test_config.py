@@ -30,6 +30,7 @@ def test_every_experiment_preset_composes_and_validates(preset: str, tmp_path: P
         (["algorithm.finetune.data=imagined"], "algorithm.finetune.data must be one of"),
         (["device=tpu"], "device must be"),
         (["+algorithm.typo=1"], "unknown key(s) ['typo']"),
+        (["algorithm.vtc.train_noise=-0.5"], "algorithm.vtc.train_noise and algorithm.synthesis.noise_scale must be >= 0"),
     ],
 )
 def test_bad_values_fail_before_training(overrides: list[str], message: str, tmp_path: Path) -> None:

@@ -42,7 +42,8 @@ def test_variant_runs_two_rounds(variant: str, data_dir: Path, tmp_path: Path, m
 READING_OPTIONS = [
     ["algorithm=fedvtc_private_vtc", "algorithm.vtc.epochs=0.5", "algorithm.vtc.dm_space=logits",
      "algorithm.vtc.dm_weight=0.5", "algorithm.vtc.train_encoder=true", "algorithm.vtc.encoder_weight=0.5",
-     "algorithm.synthesis.noise_scale=0.5", "algorithm.kl_weight=4.0", "algorithm.kl_reduction=mean"],
+     "algorithm.synthesis.noise_scale=0.5", "algorithm.kl_weight=4.0", "algorithm.kl_reduction=mean",
+     "algorithm.vtc.train_noise=0.3"],
     ["algorithm.shared_vtc=true", "algorithm.vtc.train_encoder=true", "algorithm.vtc.synthesize_from=global",
      "num_rounds=3"],
 ]

@@ -99,3 +99,29 @@ def test_latent_noise_scale():
     half = sample_latents(means, variances, labels, generator=g(), scale=0.5)
     torch.testing.assert_close(half - means[labels], 0.5 * (full - means[labels]))
     torch.testing.assert_close(sample_latents(means, variances, labels, generator=g(), scale=0.0), means[labels])
+
+
+def test_train_noise_scales_the_noise_on_the_features():
+    """train_noise=0 decodes the features as they are; 1 adds sigma_y-wide noise (METHOD.md §2):
+    one full-batch step with a learning rate of 0 reports exactly the reconstruction of the input."""
+    from fedvtc.data import ImageSet
+    from fedvtc.training import GlobalGaussians, train_vtc
+    from fedvtc.zoo import create_model
+
+    torch.manual_seed(0)
+    model = create_model("cnn_s", num_classes=2, feature_dim=8, in_channels=1, image_size=28)
+    vtc = VTC(8, 28, 1, [0.5], [0.5], width=4)
+    data = ImageSet(torch.randn(12, 1, 28, 28), torch.tensor([0, 1] * 6))
+    target = GlobalGaussians(present=torch.tensor([True, True]), means=torch.zeros(2, 8),
+                             variances=torch.full((2, 8), 4.0), second=torch.full((2, 8), 4.0))
+
+    def loss(noise: float) -> float:
+        return train_vtc(vtc, model, data, torch.optim.SGD(vtc.parameters(), lr=0.0), target, steps=1, batch_size=12,
+                         generator=torch.Generator().manual_seed(0), dm_weight=0.0, dm_per_class=1,
+                         train_noise=noise)["vtc_rec_loss"]
+
+    model.eval(), vtc.train()
+    with torch.no_grad():
+        clean = float(torch.nn.functional.mse_loss(vtc(model.forward_features(data.x)), data.x))
+    assert loss(0.0) == pytest.approx(clean, rel=1e-5)
+    assert loss(1.0) != pytest.approx(clean, rel=1e-3)

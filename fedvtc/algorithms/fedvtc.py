@@ -63,6 +63,10 @@ class VTCSettings:
     # The VAE reading: the reconstruction loss also trains the extractor as the encoder.
     train_encoder: bool = False
     encoder_weight: float = 1.0
+    # Scale of the noise added to a feature before the VTC decodes it in training (1 = sigma_y,
+    # METHOD.md §2): at 1 the noise is as large as the class's whole spread, so the decoder can keep
+    # little of an image beyond its class (RESULTS.md §1, "why").
+    train_noise: float = 1.0
     # Which decoder synthesizes: "local" (this client's, after its VTC steps of the round) or
     # "global" (with a shared VTC: the server's average as received, before this client's steps;
     # a private VTC has no average and synthesizes with its own).
@@ -143,8 +147,9 @@ class FedVTCSettings:
                 "algorithm.vtc.synthesize_from=global does not work with schedule=final (the "
                 "average it synthesizes with is trained round by round); set algorithm.vtc.synthesize_from=local"
             )
-        if self.vtc.encoder_weight < 0 or self.synthesis.noise_scale < 0:
-            raise ConfigError("algorithm.vtc.encoder_weight and algorithm.synthesis.noise_scale must be >= 0")
+        if min(self.vtc.encoder_weight, self.vtc.train_noise, self.synthesis.noise_scale) < 0:
+            raise ConfigError("algorithm.vtc.encoder_weight, algorithm.vtc.train_noise and "
+                              "algorithm.synthesis.noise_scale must be >= 0")
 
 
 def build_vtc(run: RunSettings) -> VTC:
@@ -293,7 +298,7 @@ class FedVTCClient(HeteroClient):
                 generator=torch_generator(self.s.seed, self.cid, server_round, VTC_TRAIN),
                 dm_weight=a.vtc.dm_weight, dm_per_class=a.vtc.dm_per_class, grad_clip=a.vtc.grad_clip,
                 dm_space=a.vtc.dm_space, encoder_optimizer=self.optimizer if a.vtc.train_encoder else None,
-                encoder_weight=a.vtc.encoder_weight,
+                encoder_weight=a.vtc.encoder_weight, train_noise=a.vtc.train_noise,
             )
         self.round_metrics.update(losses)
 
