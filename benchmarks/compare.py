@@ -279,9 +279,9 @@ def collect(dirs: list[Path], *, by_overrides: bool = False, allow_mixed_code: b
     return [summarize(k, groups) for k in keys]
 
 
-# The columns that judge the paper's claims (``--brief``): accuracy, per group, against training
-# alone and the best baseline per seed, and communication to the target.
-BRIEF = ("method", "seeds", "final global acc (%)", "held-class acc (%)", "missing-class acc (%)",
+# The columns that judge the paper's claims (``--brief``): the setting, accuracy, per group, against
+# training alone and the best baseline per seed, and communication to the target.
+BRIEF = ("method", "dataset", "partition", "seeds", "final global acc (%)", "held-class acc (%)", "missing-class acc (%)",
          f"Δ vs {REFERENCE} (pp, per seed)", "Δ vs best baseline (pp, per seed)", f"MB to {REFERENCE}'s final acc",
          "total MB", "… of missing classes (%)")
 

@@ -131,6 +131,12 @@ def test_plots_of_accuracy_missing_classes_and_bytes(tmp_path: Path) -> None:
         assert (tmp_path / f"table_{suffix}.png").stat().st_size > 10_000
     header = (tmp_path / "table.csv").read_text().splitlines()[0]
     assert "MB to local's final acc" in header and "Δ vs best baseline (pp, per seed)" in header
+    brief = subprocess.run([sys.executable, str(REPO / "benchmarks" / "compare.py"), str(tmp_path / "runs"), "--brief"],
+                           capture_output=True, text=True, timeout=120)
+    columns = [c.strip() for c in brief.stdout.splitlines()[0].strip("|").split("|")]
+    # The setting stays on each row, so the parts of a table of several settings can be told apart.
+    assert columns[:4] == ["method", "dataset", "partition", "seeds"] and "total MB" in columns
+    assert "s/round" not in columns and len(brief.stdout.splitlines()) == 2 + 5
 
 
 def test_the_source_fingerprint_lets_parts_of_other_commits_merge(tmp_path: Path) -> None:
