@@ -17,21 +17,23 @@ _MATERIALIZE_CANDIDATES = (
 )
 
 
-# The files that start real deployments, clusters or CLI runs, longest first (measured: RESULTS.md
-# §2). `make test` hands whole files to two workers in collection order (--no-loadscope-reorder:
-# xdist's own order puts the files with the most tests first, which left the few-test deployment
-# files to run last, one worker alone); longest first lets the quick files fill the gaps at the end.
+# The files that start real deployments, clusters or CLI runs, longest first (as measured with
+# --junitxml; RESULTS.md §2). `make test` hands whole files to two workers in collection order
+# (--no-loadscope-reorder: xdist's own order puts the files with the most tests first, which left
+# the few-test deployment files to run last, one worker alone); longest first lets the quick files
+# fill the gaps at the end.
 HEAVIEST_FILES_FIRST = (
-    "test_deployment_loss.py",
-    "test_deployment_secure.py",
-    "test_deployment_hostile.py",
-    "test_deployment_netns.py",
-    "test_deployment.py",
-    "test_ray_cluster.py",
-    "test_sweep.py",
+    "test_deployment_faults.py",  # two deployments side by side, about 3 minutes
     "test_simulation.py",
-    "test_presets_smoke.py",
+    "test_ray_cluster.py",
+    "test_deployment.py",
+    "test_deployment_netns.py",
+    "test_deployment_secure.py",
     "test_checkpoint.py",
+    "test_presets_smoke.py",
+    "test_zoo.py",
+    "test_validation.py",
+    "test_config.py",
     "test_leakage.py",
     "test_dp.py",
 )
