@@ -23,7 +23,8 @@ _MATERIALIZE_CANDIDATES = (
 # the few-test deployment files to run last, one worker alone); longest first lets the quick files
 # fill the gaps at the end.
 HEAVIEST_FILES_FIRST = (
-    "test_deployment_faults.py",  # two deployments side by side, about 3 minutes
+    "test_deployment_loss.py",  # waits about a minute for Flower's heartbeat to expire
+    "test_deployment_hostile.py",
     "test_simulation.py",
     "test_ray_cluster.py",
     "test_deployment.py",

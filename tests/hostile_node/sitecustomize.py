@@ -1,4 +1,4 @@
-"""Makes every ClientApp process of one SuperNode hostile (tests/test_deployment_faults.py only).
+"""Makes every ClientApp process of one SuperNode hostile (tests/test_deployment_hostile.py only).
 
 Put on that SuperNode's PYTHONPATH, this file is imported by every Python process the node starts
 (Python imports ``sitecustomize`` at start-up), the ClientApp process of each message among them.
