@@ -128,15 +128,14 @@ def diagnose(run: Path, client: int, fresh_decoder_steps: int = 0) -> dict:
     between = torch.cdist(means, means)[~torch.eye(len(means), dtype=torch.bool)]
     radius = target.variances[target.classes].float().sum(dim=1).sqrt()
     row: dict = {"run": f"{run.parent.name}/{run.name}", "class distance / class radius": float(between.median() / radius.median())}
-    synthetic_between = 0.0
     with torch.no_grad():
+        spreads = {}
         for scale in SCALES:
             images = synthesize(vtc, target, per_class=PER_CLASS, generator=torch.Generator().manual_seed(0),
                                 noise_scale=scale)
-            within, across = spread(vtc.to_pixels(images.x).view(len(target.classes), PER_CLASS, -1))
-            row[f"synthetic within-class std, noise x{scale:g}"] = within
-            synthetic_between = across if scale == 1.0 else synthetic_between
-        row["synthetic between-class std"] = synthetic_between
+            spreads[scale] = spread(vtc.to_pixels(images.x).view(len(target.classes), PER_CLASS, -1))
+            row[f"synthetic within-class std, noise x{scale:g}"] = spreads[scale][0]
+        row["synthetic between-class std"] = spreads[1.0][1]  # as the run synthesizes
         real = real_images(settings)
         reconstructed = vtc(model.extractor(real.flatten(0, 1)))
         row["psi(g(x)) within-class std"] = spread(vtc.to_pixels(reconstructed).view(*real.shape[:2], -1))[0]
