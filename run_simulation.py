@@ -43,7 +43,7 @@ def main(cfg: DictConfig) -> float | None:
         done = finished_cell(hydra_config.sweep.dir, to_container(cfg))
         if done is not None:  # a sweep started again: this cell has its results already
             log.info("  its results: %s (same resolved config); not run again", done)
-            return _final_accuracy(done)
+            return _objective(_saved_final(done), str(cfg.get("objective", "global_accuracy")))
     try:
         settings = prepare_run(cfg, output_dir, overrides=list(hydra_config.overrides.task))
     except RunError as error:
@@ -56,15 +56,25 @@ def main(cfg: DictConfig) -> float | None:
     except StoppedAfterRound as stop:  # the requested stand-in for a crash: say how to go on
         print(str(stop), file=sys.stderr)
         raise SystemExit(3) from None
-    return None if final is None else final.get("global_accuracy")
+    return _objective(final, settings.objective)
 
 
-def _final_accuracy(run_dir) -> float | None:
+def _saved_final(run_dir) -> dict | None:
     import json
     from pathlib import Path
 
-    final = json.loads((Path(run_dir) / "results.json").read_text()).get("final") or {}
-    return final.get("global_accuracy")
+    return json.loads((Path(run_dir) / "results.json").read_text()).get("final")
+
+
+def _objective(final: dict | None, objective: str) -> float | None:
+    """What this job returns to Hydra's sweeper (Optuna maximizes it): the final ``objective``."""
+    from fedvtc.sweep import objective_value
+
+    try:
+        return objective_value(final, objective)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _quiet_flower(*, verbose: bool) -> None:

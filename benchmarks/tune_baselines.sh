@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Every baseline's main hyperparameters on the validation split of experiment=readings, as a plain
-# grid (RESULTS.md "Readings"): the same protocol, cell and seed as FedVTC's readings.
+# Every baseline's hyperparameters searched with Optuna (experiment=tune: TPE, seeded) on the
+# validation split of experiment=readings, the cell and seed of FedVTC's readings (RESULTS.md
+# "Readings"). Each baseline gets FedVTC's budget, 14 configurations on this cell: the plain grid's
+# trials made before (benchmarks/readings.sh's sibling, GRIDS below) plus Optuna's, as many as make 14.
 #
 #   bash benchmarks/tune_baselines.sh mnist 0.1
-#   TUNE_ONLY="fedtgp fedgen" bash benchmarks/tune_baselines.sh mnist 0.1   # only these grids
+#   TUNE_ONLY="fedtgp fedgen" bash benchmarks/tune_baselines.sh mnist 0.1   # only these baselines
+#   GRID=1 bash benchmarks/tune_baselines.sh mnist 0.1    # the plain grids only (the earlier protocol)
 #
-# Cells land beside FedVTC's readings in multirun/readings/<dataset>_a<alpha>/, named after their
-# overrides; started again, only unfinished cells run.
+# The grids land in multirun/readings/<dataset>_a<alpha>/ beside FedVTC's readings, Optuna's trials
+# in multirun/tuning/<dataset>_a<alpha>/<algorithm>/, each named after its overrides. Started again,
+# a grid runs only its unfinished cells and a search replays its finished trials without running
+# them (seeded sampler, cells known by their config), then goes on.
+# Then: python benchmarks/tuning_table.py multirun/readings/<dataset>_a<alpha> multirun/tuning/<dataset>_a<alpha>
 set -euo pipefail
 dataset=${1:-mnist}
 alpha=${2:-0.1}
 shift $(( $# > 2 ? 2 : $# ))
 python=${PYTHON:-python}
+budget=${BUDGET:-14}  # configurations per method: FedVTC's 14 readings (benchmarks/readings.sh)
 cd "$(dirname "$0")/.."
 
 GRIDS=(
@@ -21,9 +28,31 @@ GRIDS=(
   "algorithm=fedgen algorithm.generated_weight=0.1,1.0,10.0"
   "algorithm=fedtype algorithm.conformal_alpha=0.05,0.1,0.2"
 )
-for grid in "${GRIDS[@]}"; do
+# Each baseline's main knobs, around the values its paper uses (Optuna's override syntax).
+SPACES=(
+  "algorithm=fedproto algorithm.proto_weight=tag(log,interval(0.01,30))"
+  "algorithm=fedtgp algorithm.proto_weight=tag(log,interval(0.01,30)) algorithm.margin_threshold=tag(log,interval(1,1000))"
+  "algorithm=ccvr algorithm.num_virtual_per_class=tag(log,int(interval(50,1000))) algorithm.calibration_epochs=int(interval(1,10)) algorithm.shrinkage=interval(0,0.5)"
+  "algorithm=fedgen algorithm.generated_weight=tag(log,interval(0.1,100)) algorithm.diversity_weight=interval(0,1)"
+  "algorithm=fedtype algorithm.conformal_alpha=interval(0.01,0.3) algorithm.generated_weight=tag(log,interval(0.1,100)) algorithm.proto_weight=tag(log,interval(0.01,10))"
+)
+grid_size() {  # the number of cells of a grid line: the product of its comma-separated choices
+  local n=1 override values
+  for override in $1; do values=${override#*=}; n=$(( n * ($(tr -cd , <<<"$values" | wc -c) + 1) )); done
+  echo "$n"
+}
+selected() { [[ -z "${TUNE_ONLY:-}" || " ${TUNE_ONLY} " == *" ${1#algorithm=} "* ]]; }
+
+for i in "${!GRIDS[@]}"; do
+  grid=${GRIDS[$i]}
   algorithm=${grid%% *}
-  if [[ -n "${TUNE_ONLY:-}" && " ${TUNE_ONLY} " != *" ${algorithm#algorithm=} "* ]]; then continue; fi
+  selected "$algorithm" || continue
   # shellcheck disable=SC2086  # a grid is a list of overrides
   "$python" run_simulation.py -m experiment=readings "dataset=${dataset}" "partition.alpha=${alpha}" $grid "$@"
+  [[ -n "${GRID:-}" ]] && continue
+  trials=$(( budget - $(grid_size "${grid#* }") ))
+  (( trials > 0 )) || continue
+  # shellcheck disable=SC2086  # a space is a list of overrides
+  "$python" run_simulation.py -m experiment=tune "dataset=${dataset}" "partition.alpha=${alpha}" ${SPACES[$i]} \
+    "hydra.sweeper.n_trials=${trials}" "$@"
 done

@@ -36,6 +36,7 @@ from fedvtc.settings import (
     resolve_device,
     typed_value,
 )
+from fedvtc.sweep import OBJECTIVES
 
 
 def to_container(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -116,6 +117,7 @@ def build_settings(cfg: DictConfig | Mapping[str, Any], *, output_dir: str | os.
         privacy_eval=privacy_eval,
         checkpoint=checkpoint,
         resume=None if c.get("resume") in (None, "") else str(c["resume"]),
+        objective=typed_value(c.get("objective", "global_accuracy"), str, "objective"),
         output_dir=output_dir,
         state_dir=state_dir,
     )
@@ -218,6 +220,11 @@ CHECKS: list[Check] = [
      lambda s: f"dp.delta must be in (0, 1), below 1 / (records per client), e.g. 1e-5; got {s.dp.delta!r}"),
     (lambda s: not s.dp.enabled or s.dp.count_threshold >= 0,
      lambda s: f"dp.count_threshold must be >= 0 (e.g. 3), got {s.dp.count_threshold!r}"),
+    (lambda s: s.objective in OBJECTIVES,
+     lambda s: f"objective must be one of {', '.join(OBJECTIVES)}, got '{s.objective}'"),
+    (lambda s: not s.objective.startswith("validation") or s.eval.validation > 0,
+     lambda s: f"objective={s.objective} needs a validation split: set eval.validation (e.g. 2000) "
+               "or experiment=readings"),
     (lambda s: not s.dp.enabled or _dp_accounting(),
      lambda s: 'dp.enabled=true needs Google\'s dp-accounting: pip install -e ".[privacy]" (or set dp.enabled=false)'),
 ]

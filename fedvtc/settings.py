@@ -188,6 +188,9 @@ class RunSettings:
     # its client's share of the data as tensors, so that each message's fresh ClientApp process
     # loads a few MB instead of the dataset (fedvtc.federated_data.client_share). None = no cache.
     share_cache_dir: str | None = None
+    # What a multirun's sweeper (e.g. Optuna's) maximizes: a key of results.json's final entry,
+    # one of fedvtc.sweep.OBJECTIVES. It changes no number of the run.
+    objective: str = "global_accuracy"
 
     def model_name(self, cid: int) -> str:
         """Client ``cid`` gets model ``cid mod n`` of the zoo."""

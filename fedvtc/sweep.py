@@ -28,10 +28,39 @@ RESULTS_FILE = "results.json"
 # Where and how a cell runs, not what it computes: the same cell run from another data directory,
 # on a Ray cluster, or warm in a multirun gives the same numbers (tests/test_simulation.py,
 # tests/test_ray_cluster.py), so these keys are not part of what identifies it.
+# What a sweeper reads of a cell (``objective``) does not change the cell either.
 WHERE_IT_RUNS = {
-    "hydra": None, "data_dir": None, "verbose": None, "skip_finished": None,
+    "hydra": None, "data_dir": None, "verbose": None, "skip_finished": None, "objective": None,
     "simulation": ("ray_address", "keep_runtime", "state_dir"),
 }
+
+
+# What a multirun's sweeper may maximize (``objective=...``): keys of results.json's ``final``.
+# Choose on a validation split; the test set's accuracy is for final figures only.
+OBJECTIVES = {
+    "global_accuracy": "accuracy on the official test set (the default; final figures only)",
+    "validation_accuracy": "accuracy on the validation split (needs eval.validation > 0)",
+    "validation_accuracy_held": "validation accuracy on the classes each client holds",
+    "validation_accuracy_missing": "validation accuracy on the classes each client lacks",
+}
+
+
+def objective_value(final: Mapping[str, Any] | None, objective: str) -> float | None:
+    """The value a sweeper maximizes, from a run's ``final`` results; None for a run without them.
+
+    Raises:
+        ValueError: ``objective`` is not one of ``OBJECTIVES``, or the run did not measure it
+            (e.g. a validation objective on a run without ``eval.validation``).
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
+    if final is None:
+        return None
+    value = final.get(objective)
+    if value is None:
+        raise ValueError(f"objective={objective}: the run has no final {objective}; "
+                         "a validation objective needs eval.validation > 0 (e.g. experiment=readings)")
+    return float(value)
 
 
 def cell_identity(resolved: Mapping[str, Any]) -> dict[str, Any]:
@@ -117,6 +146,9 @@ class SweepProgress(Callback):  # type: ignore[misc]
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.start_time = time.perf_counter()
+        if config.hydra.sweeper.get("n_trials") is not None:  # Optuna's sweeper: its trial budget
+            self.total = int(config.hydra.sweeper.n_trials)
+            return
         try:
             params = config.hydra.sweeper.get("params")
             params = OmegaConf.to_container(params, resolve=False) if params is not None else {}
