@@ -1,15 +1,18 @@
 """fedvtc.sweep: a cell of a sweep is known by its resolved config, so a sweep started again runs
-only the cells not finished yet; and the size of a grid, for the progress line. (The whole path,
-a multirun run twice, is in tests/test_simulation.py.)"""
+only the cells not finished yet; the size of a grid, for the progress line; what a job returns to
+its sweeper; and an Optuna search (experiment=tune) that scores on validation and replays its
+finished trials. (A basic multirun run twice is in tests/test_simulation.py.)"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
-from fedvtc.sweep import finished_cell, sweep_size
+from fedvtc.sweep import finished_cell, objective_value, sweep_size
+from helpers import TINY_RUN, run_cli
 
 CELL = {"seed": 0, "algorithm": {"name": "fedvtc", "kl_weight": 1.0}, "hydra": {"job": {"num": 3}}}
 
@@ -53,3 +56,44 @@ def test_where_a_cell_runs_is_not_part_of_what_it_is(tmp_path: Path) -> None:
              "simulation": {"num_cpus_per_client": 1, "keep_runtime": False, "ray_address": "10.0.0.5:6379"}}
     assert finished_cell(tmp_path, moved) == run
     assert finished_cell(tmp_path, {**moved, "simulation": {"num_cpus_per_client": 2}}) is None
+
+
+def test_a_sweeper_gets_the_chosen_final_metric_and_a_clear_error_without_it() -> None:
+    final = {"global_accuracy": 0.5, "validation_accuracy": 0.25}
+    assert objective_value(final, "global_accuracy") == 0.5
+    assert objective_value(final, "validation_accuracy") == 0.25
+    assert objective_value(None, "validation_accuracy") is None  # a run that did not finish
+    with pytest.raises(ValueError, match="objective must be one of"):
+        objective_value(final, "test_accuracy")
+    with pytest.raises(ValueError, match="needs eval.validation > 0"):
+        objective_value({"global_accuracy": 0.5}, "validation_accuracy_missing")
+
+
+def test_an_optuna_search_scores_on_validation_and_replays_its_trials_when_started_again(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """experiment=tune: Optuna proposes, each trial is a real simulation that returns its final
+    validation accuracy; started again, the seeded sampler proposes the same trials, which are
+    found finished by their config and not run again."""
+    search = ["-m", "experiment=tune", "algorithm=fedproto", "algorithm.proto_weight=tag(log,interval(0.01,30))",
+              *TINY_RUN, "num_rounds=1", "eval.validation=200", "eval.reference_model=null",
+              "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}"]
+    first = run_cli(search, data_dir, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    trials = sorted(tmp_path.glob("algorithm.proto_weight=*/results.json"))
+    assert len(trials) == 2
+    validation = {p.parent.name: json.loads(p.read_text())["final"]["validation_accuracy"] for p in trials}
+    best = OmegaConf.load(tmp_path / "optimization_results.yaml")
+    assert best.best_value == max(validation.values())  # validation, not the test set's accuracy
+    assert f"algorithm.proto_weight={best.best_params['algorithm.proto_weight']}" in max(validation, key=validation.get)
+    log = first.stdout + first.stderr
+    assert "sweep: cell 1/2 starting" in log and "sweep: cell 2/2 starting" in log
+
+    written = [p.stat().st_mtime_ns for p in trials]
+    again = run_cli(search, data_dir, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    assert "sweep: cell 1/2 finished already" in log and "sweep: cell 2/2 finished already" in log
+    assert "round 1/1" not in log
+    assert [p.stat().st_mtime_ns for p in trials] == written
+    assert OmegaConf.load(tmp_path / "optimization_results.yaml").best_value == best.best_value

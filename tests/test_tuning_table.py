@@ -1,0 +1,60 @@
+"""benchmarks/tuning_table.py on hand-made runs: each method's configurations named by what differs
+from its defaults, the best by validation accuracy, one seed only, and conf/tuned files written
+from what was measured (none for FedVTC or a baseline whose defaults won)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from helpers import REPO, compose_config
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import tuning_table  # noqa: E402
+
+
+def _run(root: Path, name: str, algorithm: list[str], validation: float, *, seed: int = 0) -> None:
+    run = root / name
+    run.mkdir(parents=True)
+    config = compose_config([*algorithm, f"seed={seed}"])
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    (run / "results.json").write_text(json.dumps({"final": {"validation_accuracy": validation}}))
+
+
+def test_each_method_gets_its_configurations_and_the_best_is_written_as_tuned(tmp_path: Path) -> None:
+    grid, search = tmp_path / "readings", tmp_path / "tuning" / "fedproto"
+    _run(grid, "fedproto", ["algorithm=fedproto"], 0.30)
+    _run(grid, "fedproto_10", ["algorithm=fedproto", "algorithm.proto_weight=10.0"], 0.28)
+    _run(grid, "fedproto_seed1", ["algorithm=fedproto", "algorithm.proto_weight=0.5"], 0.99, seed=1)  # another seed
+    _run(search, "a", ["algorithm=fedproto", "algorithm.proto_weight=0.123456"], 0.33)
+    _run(grid, "fedtgp", ["algorithm=fedtgp"], 0.31)
+    _run(grid, "fedtgp_10", ["algorithm=fedtgp", "algorithm.proto_weight=10.0"], 0.27)
+    _run(grid, "fedvtc", ["algorithm=fedvtc"], 0.38)
+    _run(grid, "fedvtc_kl", ["algorithm=fedvtc", "algorithm.kl_weight=4.0"], 0.37)
+    (grid / "unfinished").mkdir()
+    (grid / "unfinished" / "results.json").write_text(json.dumps({"final": None}))
+
+    configs = tuning_table.collect([grid, tmp_path / "tuning"])
+    rows = {r["method"]: r for r in tuning_table.summary_rows(configs)}
+    assert rows["fedproto"]["configurations"] == 3
+    assert rows["fedproto"]["best configuration"] == "proto_weight = 0.123"
+    assert (rows["fedproto"]["defaults (val %)"], rows["fedproto"]["best (val %)"]) == ("30.0", "33.0")
+    assert rows["fedproto"]["gain over defaults (pp)"] == "+3.0"
+    assert rows["fedtgp"]["best configuration"] == "defaults"
+    assert rows["fedvtc"]["configurations"] == 2
+
+    written = tuning_table.write_tuned(configs, tmp_path / "tuned", "test runs")
+    assert [p.name for p in written] == ["cpu_fedproto.yaml"]  # not FedVTC, not FedTGP (defaults won)
+    tuned = OmegaConf.load(written[0])
+    assert dict(tuned) == {"proto_weight": 0.123}
+    assert written[0].read_text().startswith("# @package algorithm\n# Best of fedproto's 3 configurations")
+
+
+def test_it_says_what_is_missing(tmp_path: Path, capsys) -> None:
+    assert tuning_table.main([str(tmp_path / "nowhere")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert tuning_table.main([str(tmp_path)]) == 2
+    assert "no finished run with a validation accuracy" in capsys.readouterr().err
