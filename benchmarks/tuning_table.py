@@ -8,8 +8,8 @@ A configuration is a run of one seed (the first seed found, 0 in the readings) w
 validation accuracy; it is named by the algorithm settings that differ from the algorithm's
 defaults (conf/algorithm/<name>.yaml). A method is ``algorithm.label`` (so a control or ablation
 is its own method). ``--write-tuned DIR`` writes ``cpu_<algorithm>.yaml`` for each baseline whose
-best configuration is not its defaults (conf/tuning/cpu.yaml applies them): what was measured,
-never typed by hand.
+best configuration is not its defaults, and removes the file of one whose defaults won
+(conf/tuning/cpu.yaml applies them): what was measured, never typed by hand.
 """
 
 from __future__ import annotations
@@ -117,12 +117,19 @@ def markdown(rows: list[dict[str, Any]], configs: dict[str, list[dict[str, Any]]
 
 
 def write_tuned(configs: dict[str, list[dict[str, Any]]], directory: Path, source: str) -> list[Path]:
-    """``cpu_<algorithm>.yaml`` for each baseline whose best configuration is not its defaults."""
+    """``cpu_<algorithm>.yaml`` for each baseline whose best configuration is not its defaults; the
+    file of a baseline whose defaults won is removed, so the directory says what was measured."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for method, trials in configs.items():
         best = trials[0]
-        if method.startswith(FEDVTC_FAMILY) or not best["settings"]:
+        if method.startswith(FEDVTC_FAMILY):
+            continue
+        if not best["settings"]:
+            stale = directory / f"cpu_{method}.yaml"
+            if stale.exists():
+                stale.unlink()
+                print(f"removed {stale}: {method}'s defaults scored best")
             continue
         default = next((t for t in trials if not t["settings"]), None)
         against = "" if default is None else f" against {100 * default['validation']:.1f} % with its defaults"

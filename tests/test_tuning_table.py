@@ -46,7 +46,10 @@ def test_each_method_gets_its_configurations_and_the_best_is_written_as_tuned(tm
     assert rows["fedtgp"]["best configuration"] == "defaults"
     assert rows["fedvtc"]["configurations"] == 2
 
+    (tmp_path / "tuned").mkdir()
+    (tmp_path / "tuned" / "cpu_fedtgp.yaml").write_text("proto_weight: 10.0\n")  # an earlier winner
     written = tuning_table.write_tuned(configs, tmp_path / "tuned", "test runs")
+    assert not (tmp_path / "tuned" / "cpu_fedtgp.yaml").exists()
     assert [p.name for p in written] == ["cpu_fedproto.yaml"]  # not FedVTC, not FedTGP (defaults won)
     tuned = OmegaConf.load(written[0])
     assert dict(tuned) == {"proto_weight": 0.123}
