@@ -69,6 +69,13 @@ def prepare_run(
             log.warning("a new run: removed %d client state file(s) of an earlier run from %s", removed, settings.state_dir)
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    earlier = out / "results.json"
+    if not settings.resume and earlier.exists():
+        # An earlier run in this directory (e.g. a sweep cell rerun with other settings): until this
+        # run's first round rewrites it, its final entry beside this run's config.yaml would read as
+        # this config finished to a resuming sweep. Kept under another name, not deleted.
+        earlier.replace(out / "results.previous.json")
+        log.warning("a new run in %s: the results.json of an earlier run there is now results.previous.json", out)
     resolved = to_container(cfg)
     resolved.pop("hydra", None)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))

@@ -97,3 +97,27 @@ def test_an_optuna_search_scores_on_validation_and_replays_its_trials_when_start
     assert "round 1/1" not in log
     assert [p.stat().st_mtime_ns for p in trials] == written
     assert OmegaConf.load(tmp_path / "optimization_results.yaml").best_value == best.best_value
+
+
+def test_a_cell_rerun_with_other_settings_in_the_same_directory_is_not_taken_as_finished(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """A sweep cell rerun in its old directory (same overrides, other tuned values) writes its
+    config.yaml first: the earlier run's results.json, final entry and all, is set aside at once, so
+    a sweep stopped before this run's first round does not read the new config as finished."""
+    from fedvtc.config import to_container
+    from fedvtc.runner import prepare_run
+
+    from helpers import compose_config
+
+    old = compose_config([f"data_dir={data_dir}", *TINY_RUN, "algorithm=fedproto", "algorithm.proto_weight=0.1"])
+    new = compose_config([f"data_dir={data_dir}", *TINY_RUN, "algorithm=fedproto", "algorithm.proto_weight=3.0"])
+    cell = tmp_path / "algorithm=fedproto,seed=0"
+    prepare_run(old, cell)
+    (cell / "results.json").write_text(json.dumps({"rounds": [], "final": {"global_accuracy": 0.3}}))
+    assert finished_cell(tmp_path, to_container(old)) == cell
+
+    prepare_run(new, cell)  # the rerun, stopped before its first round ends
+    assert finished_cell(tmp_path, to_container(new)) is None
+    assert finished_cell(tmp_path, to_container(old)) is None
+    assert json.loads((cell / "results.previous.json").read_text())["final"] == {"global_accuracy": 0.3}
