@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -56,7 +55,7 @@ def changed_settings(algorithm: dict[str, Any], defaults: dict[str, Any]) -> dic
 def describe(settings: dict[str, Any]) -> str:
     def short(value: Any) -> str:
         if isinstance(value, float) and value != 0:
-            return f"{value:.3g}"
+            return f"{value:.4g}"
         return str(value)
 
     return ", ".join(f"{k} = {short(v)}" for k, v in settings.items()) or "defaults"
@@ -145,7 +144,7 @@ def write_tuned(configs: dict[str, list[dict[str, Any]]], directory: Path, sourc
             *parents, leaf = dotted.split(".")
             for part in parents:
                 node = node.setdefault(part, {})
-            node[leaf] = float(f"{value:.3g}") if isinstance(value, float) and not math.isclose(value, 0) else value
+            node[leaf] = value  # exactly the value measured, not a rounding of it
         path = directory / f"cpu_{method}.yaml"
         path.write_text("\n".join(header) + "\n" + OmegaConf.to_yaml(OmegaConf.create(nested)))
         written.append(path)

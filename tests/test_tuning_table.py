@@ -40,7 +40,7 @@ def test_each_method_gets_its_configurations_and_the_best_is_written_as_tuned(tm
     configs = tuning_table.collect([grid, tmp_path / "tuning"])
     rows = {r["method"]: r for r in tuning_table.summary_rows(configs)}
     assert rows["fedproto"]["configurations"] == 3
-    assert rows["fedproto"]["best configuration"] == "proto_weight = 0.123"
+    assert rows["fedproto"]["best configuration"] == "proto_weight = 0.1235"
     assert (rows["fedproto"]["defaults (val %)"], rows["fedproto"]["best (val %)"]) == ("30.0", "33.0")
     assert rows["fedproto"]["gain over defaults (pp)"] == "+3.0"
     assert rows["fedtgp"]["best configuration"] == "defaults"
@@ -52,7 +52,7 @@ def test_each_method_gets_its_configurations_and_the_best_is_written_as_tuned(tm
     assert not (tmp_path / "tuned" / "cpu_fedtgp.yaml").exists()
     assert [p.name for p in written] == ["cpu_fedproto.yaml"]  # not FedVTC, not FedTGP (defaults won)
     tuned = OmegaConf.load(written[0])
-    assert dict(tuned) == {"proto_weight": 0.123}
+    assert dict(tuned) == {"proto_weight": 0.123456}  # the value measured, unrounded
     assert written[0].read_text().startswith("# @package algorithm\n# Best of fedproto's 3 configurations")
 
 
