@@ -34,7 +34,7 @@ SPACES=(
   "algorithm=fedtgp algorithm.proto_weight=tag(log,interval(0.01,30)) algorithm.margin_threshold=tag(log,interval(1,1000))"
   "algorithm=ccvr algorithm.num_virtual_per_class=tag(log,int(interval(50,1000))) algorithm.calibration_epochs=int(interval(1,10)) algorithm.shrinkage=interval(0,0.5)"
   "algorithm=fedgen algorithm.generated_weight=tag(log,interval(0.1,100)) algorithm.diversity_weight=interval(0,1)"
-  "algorithm=fedtype algorithm.conformal_alpha=interval(0.01,0.3) algorithm.generated_weight=tag(log,interval(0.1,100)) algorithm.proto_weight=tag(log,interval(0.01,10))"
+  "algorithm=fedtype algorithm.conformal_alpha=interval(0.01,0.3) algorithm.forward_weight=tag(log,interval(0.1,10)) algorithm.backward_weight=tag(log,interval(0.1,10))"
 )
 grid_size() {  # the number of cells of a grid line: the product of its comma-separated choices
   local n=1 override values

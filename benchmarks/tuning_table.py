@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".md").write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps({"summary": rows, "configurations": configs}, indent=1, default=str))
+        Path(f"{args.out}.md").write_text(text)  # not with_suffix: "tuning_mnist_a0.1" has a dot
+        Path(f"{args.out}.json").write_text(json.dumps({"summary": rows, "configurations": configs}, indent=1, default=str))
     if args.write_tuned:
         for path in write_tuned(configs, args.write_tuned, " + ".join(map(str, args.dirs))):
             print(f"wrote {path}")

@@ -150,3 +150,28 @@ def test_every_value_of_a_table_preset_grid_is_a_valid_run(preset: str, tmp_path
         for cell in cells:
             cfg = compose(config_name="config", overrides=[f"experiment={preset}", *cell])
             assert build_settings(cfg, output_dir=tmp_path).num_clients >= 10
+
+
+def _shell_array(script: Path, name: str) -> list[str]:
+    """The quoted lines of a bash array ``name=( ... )`` in ``script``."""
+    import re
+
+    body = re.search(rf"^{name}=\((.*?)^\)", script.read_text(), re.S | re.M)
+    assert body, f"{script.name} has no array {name}"
+    return re.findall(r'^\s*"(.*)"\s*$', body.group(1), re.M)
+
+
+def test_every_search_space_and_grid_of_the_baselines_tuning_names_real_settings() -> None:
+    """A knob misspelt in benchmarks/tune_baselines.sh would end its search at its first trial."""
+    from omegaconf import OmegaConf
+
+    script = CONF.parent / "benchmarks" / "tune_baselines.sh"
+    lines = _shell_array(script, "GRIDS") + _shell_array(script, "SPACES")
+    assert len(lines) == 10
+    missing = object()
+    for line in lines:
+        algorithm, *knobs = line.split()
+        cfg = compose_config([algorithm])
+        for knob in knobs:
+            key = knob.split("=", 1)[0]
+            assert OmegaConf.select(cfg, key, default=missing) is not missing, f"{line}: no setting {key}"
