@@ -61,11 +61,29 @@ def describe(settings: dict[str, Any]) -> str:
     return ", ".join(f"{k} = {short(v)}" for k, v in settings.items()) or "defaults"
 
 
-def collect(dirs: list[Path]) -> dict[str, list[dict[str, Any]]]:
-    """Each method's configurations: {method: [{settings, validation, run}]}, one per distinct setting."""
+# What makes the cell a configuration is scored on; runs of different cells are not compared.
+CELL_KEYS = ("dataset.name", "partition", "num_clients", "num_rounds", "train_fraction", "train",
+             "eval.validation", "eval.global_subset", "zoo.models")
+
+
+class MixedCells(ValueError):
+    """The runs found were scored on different cells or seeds; the message names them."""
+
+
+def cell_of(config: Any) -> str:
+    return json.dumps({key: OmegaConf.select(config, key) for key in CELL_KEYS}, sort_keys=True, default=str)
+
+
+def collect(dirs: list[Path], *, seed: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """Each method's configurations on seed ``seed``: {method: [{settings, validation, run}]}, one per
+    distinct setting, best first.
+
+    Raises:
+        MixedCells: the runs of that seed were scored on more than one cell (``CELL_KEYS``).
+    """
     by_method: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     defaults: dict[str, dict[str, Any]] = {}
-    seeds: dict[str, int] = {}
+    cells: dict[str, str] = {}
     for root in dirs:
         for results_path in sorted(Path(root).rglob("results.json")):
             run = results_path.parent
@@ -73,19 +91,23 @@ def collect(dirs: list[Path]) -> dict[str, list[dict[str, Any]]]:
             final = results.get("final") or {}
             if final.get("validation_accuracy") is None or not (run / "config.yaml").exists():
                 continue
-            config = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"), resolve=True)
+            loaded = OmegaConf.load(run / "config.yaml")
+            if int(loaded.get("seed", 0)) != seed:
+                continue  # a configuration is scored on one seed, as the readings chose theirs
+            cells.setdefault(cell_of(loaded), str(run))
+            config = OmegaConf.to_container(loaded, resolve=True)
             algorithm = config["algorithm"]  # type: ignore[index]
             name = algorithm["name"]
             method = algorithm.get("label") or name
-            seed = int(config.get("seed", 0))  # type: ignore[union-attr]
-            if seeds.setdefault(method, seed) != seed:
-                continue  # a configuration is scored on one seed, as the readings chose theirs
             if name not in defaults:
                 defaults[name] = algorithm_defaults(name)
             settings = changed_settings(algorithm, defaults[name])
             key = json.dumps(settings, sort_keys=True, default=str)
             by_method[method].setdefault(key, {"settings": settings, "validation": final["validation_accuracy"],
                                                "run": str(run)})
+    if len(cells) > 1:
+        raise MixedCells("the runs were scored on different cells (" + ", ".join(CELL_KEYS) + "), e.g. "
+                         + " and ".join(cells.values()) + "; give the directories of one cell")
     return {m: sorted(c.values(), key=lambda t: -t["validation"]) for m, c in sorted(by_method.items())}
 
 
@@ -115,14 +137,19 @@ def markdown(rows: list[dict[str, Any]], configs: dict[str, list[dict[str, Any]]
     return "\n".join(lines) + "\n"
 
 
-def write_tuned(configs: dict[str, list[dict[str, Any]]], directory: Path, source: str) -> list[Path]:
+def write_tuned(configs: dict[str, list[dict[str, Any]]], directory: Path, source: str, *,
+                budget: int = 14, seed: int = 0) -> list[Path]:
     """``cpu_<algorithm>.yaml`` for each baseline whose best configuration is not its defaults; the
-    file of a baseline whose defaults won is removed, so the directory says what was measured."""
+    file of a baseline whose defaults won is removed, so the directory says what was measured. A
+    baseline with fewer than ``budget`` configurations is left alone (its search is not done)."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for method, trials in configs.items():
         best = trials[0]
-        if method.startswith(FEDVTC_FAMILY):
+        if method.startswith(FEDVTC_FAMILY) or method == "local":
+            continue
+        if len(trials) < budget:
+            print(f"{method}: {len(trials)} of {budget} configurations; its tuned file is left as it is")
             continue
         if not best["settings"]:
             stale = directory / f"cpu_{method}.yaml"
@@ -136,7 +163,7 @@ def write_tuned(configs: dict[str, list[dict[str, Any]]], directory: Path, sourc
             "# @package algorithm",
             f"# Best of {method}'s {len(trials)} configurations on the validation split of experiment=readings",
             f"# ({source}; benchmarks/tune_baselines.sh, then benchmarks/tuning_table.py --write-tuned):",
-            f"# {100 * best['validation']:.1f} %{against}, seed 0 (RESULTS.md \"Readings\").",
+            f"# {100 * best['validation']:.1f} %{against}, seed {seed} (RESULTS.md \"Readings\").",
         ]
         nested: dict[str, Any] = {}
         for dotted, value in best["settings"].items():
@@ -155,13 +182,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dirs", nargs="+", type=Path, help="directories searched (recursively) for results.json")
     parser.add_argument("--out", type=Path, help="write <out>.md and <out>.json")
+    parser.add_argument("--seed", type=int, default=0, help="the seed the configurations were scored on (default 0)")
     parser.add_argument("--write-tuned", type=Path, metavar="DIR", help="write each baseline's best as DIR/cpu_<algorithm>.yaml")
+    parser.add_argument("--budget", type=int, default=14,
+                        help="configurations a baseline needs before --write-tuned touches its file (default 14)")
     args = parser.parse_args(argv)
     missing = [str(d) for d in args.dirs if not d.is_dir()]
     if missing:
         print(f"error: not a directory: {', '.join(missing)}", file=sys.stderr)
         return 2
-    configs = collect(args.dirs)
+    try:
+        configs = collect(args.dirs, seed=args.seed)
+    except MixedCells as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if not configs:
         print("error: no finished run with a validation accuracy under " + ", ".join(map(str, args.dirs))
               + " (run benchmarks/readings.sh or benchmarks/tune_baselines.sh first)", file=sys.stderr)
@@ -174,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(f"{args.out}.md").write_text(text)  # not with_suffix: "tuning_mnist_a0.1" has a dot
         Path(f"{args.out}.json").write_text(json.dumps({"summary": rows, "configurations": configs}, indent=1, default=str))
     if args.write_tuned:
-        for path in write_tuned(configs, args.write_tuned, " + ".join(map(str, args.dirs))):
+        for path in write_tuned(configs, args.write_tuned, " + ".join(map(str, args.dirs)),
+                                budget=args.budget, seed=args.seed):
             print(f"wrote {path}")
     return 0
 

@@ -77,6 +77,7 @@ RESUMABLE_KEYS = (
     "simulation.num_gpus_per_client",
     "simulation.round_timeout",
     "verbose",
+    "objective",  # what a sweeper reads of the run, not what it computes
 )
 # RunSettings fields derived from the output directory, which is always the resumed run's own.
 _DERIVED_PATHS = ("output_dir", "state_dir")

@@ -73,7 +73,7 @@ def prepare_run(
     if not settings.resume and earlier.exists():
         # An earlier run in this directory (e.g. a sweep cell rerun with other settings): until this
         # run's first round rewrites it, its final entry beside this run's config.yaml would read as
-        # this config finished to a resuming sweep. Kept under another name, not deleted.
+        # this config finished to a resuming sweep. Kept under another name (the latest earlier run's).
         earlier.replace(out / "results.previous.json")
         log.warning("a new run in %s: the results.json of an earlier run there is now results.previous.json", out)
     resolved = to_container(cfg)

@@ -58,6 +58,9 @@ def objective_value(final: Mapping[str, Any] | None, objective: str) -> float | 
         return None
     value = final.get(objective)
     if value is None:
+        if objective.startswith("validation") and final.get("validation_accuracy") is not None:
+            raise ValueError(f"objective={objective}: the run has no final {objective} (no client lacks "
+                             "or holds such classes in this partition); choose validation_accuracy")
         raise ValueError(f"objective={objective}: the run has no final {objective}; "
                          "a validation objective needs eval.validation > 0 (e.g. experiment=readings)")
     return float(value)

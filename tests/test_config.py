@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,19 +114,24 @@ def test_the_cpu_table_runs_each_baseline_with_its_tuned_values() -> None:
     command line still wins, and an algorithm without a file keeps its defaults."""
     from omegaconf import OmegaConf
 
+    sys.path.insert(0, str(CONF.parent / "benchmarks"))
+    from tuning_table import flatten
+
     tuned_files = sorted((CONF / "tuned").glob("cpu_*.yaml"))
     assert tuned_files, "the CPU table's baselines have tuned values"
     for path in tuned_files:
         algorithm = path.stem.removeprefix("cpu_")
-        tuned = OmegaConf.to_container(OmegaConf.load(path))
+        tuned = flatten(OmegaConf.to_container(OmegaConf.load(path)))
         in_table = compose_config(["experiment=table_cpu", f"algorithm={algorithm}"]).algorithm
         alone = compose_config([f"algorithm={algorithm}"]).algorithm
         for key, value in tuned.items():
-            assert in_table[key] == value and alone[key] != value, (algorithm, key)
-    key, value = next(iter(OmegaConf.load(tuned_files[0]).items()))
+            assert OmegaConf.select(in_table, key) == value != OmegaConf.select(alone, key), (algorithm, key)
+    key, value = next(iter(flatten(OmegaConf.to_container(OmegaConf.load(tuned_files[0]))).items()))
     algorithm = tuned_files[0].stem.removeprefix("cpu_")
-    assert compose_config(["experiment=table_cpu", f"algorithm={algorithm}",
-                           f"algorithm.{key}=1"]).algorithm[key] == 1
+    other = value + 1  # neither the tuned value nor, for the check to mean anything, the default
+    assert other != OmegaConf.select(compose_config([f"algorithm={algorithm}"]).algorithm, key)
+    assert OmegaConf.select(compose_config(["experiment=table_cpu", f"algorithm={algorithm}",
+                                            f"algorithm.{key}={other}"]).algorithm, key) == other
     untuned = {"ccvr", "fedgen", "fedproto", "fedtgp", "fedtype"} - {p.stem.removeprefix("cpu_") for p in tuned_files}
     for algorithm in untuned:
         assert compose_config(["experiment=table_cpu", f"algorithm={algorithm}"]).algorithm == \
@@ -166,8 +172,11 @@ def test_every_search_space_and_grid_of_the_baselines_tuning_names_real_settings
     from omegaconf import OmegaConf
 
     script = CONF.parent / "benchmarks" / "tune_baselines.sh"
-    lines = _shell_array(script, "GRIDS") + _shell_array(script, "SPACES")
-    assert len(lines) == 10
+    grids, spaces = _shell_array(script, "GRIDS"), _shell_array(script, "SPACES")
+    # The script pairs a grid with a space by position.
+    assert [g.split()[0] for g in grids] == [sp.split()[0] for sp in spaces] == [
+        f"algorithm={a}" for a in ("fedproto", "fedtgp", "ccvr", "fedgen", "fedtype")]
+    lines = grids + spaces
     missing = object()
     for line in lines:
         algorithm, *knobs = line.split()

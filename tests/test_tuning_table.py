@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from helpers import REPO, compose_config
@@ -48,12 +49,25 @@ def test_each_method_gets_its_configurations_and_the_best_is_written_as_tuned(tm
 
     (tmp_path / "tuned").mkdir()
     (tmp_path / "tuned" / "cpu_fedtgp.yaml").write_text("proto_weight: 10.0\n")  # an earlier winner
-    written = tuning_table.write_tuned(configs, tmp_path / "tuned", "test runs")
+    (tmp_path / "tuned" / "cpu_ccvr.yaml").write_text("calibration_epochs: 5\n")
+    _run(grid, "ccvr_1", ["algorithm=ccvr", "algorithm.calibration_epochs=2"], 0.40)  # 1 configuration only
+    configs = tuning_table.collect([grid, tmp_path / "tuning"])
+    written = tuning_table.write_tuned(configs, tmp_path / "tuned", "test runs", budget=2)
     assert not (tmp_path / "tuned" / "cpu_fedtgp.yaml").exists()
+    assert (tmp_path / "tuned" / "cpu_ccvr.yaml").read_text() == "calibration_epochs: 5\n"  # search not done
     assert [p.name for p in written] == ["cpu_fedproto.yaml"]  # not FedVTC, not FedTGP (defaults won)
     tuned = OmegaConf.load(written[0])
     assert dict(tuned) == {"proto_weight": 0.123456}  # the value measured, unrounded
     assert written[0].read_text().startswith("# @package algorithm\n# Best of fedproto's 3 configurations")
+
+
+def test_runs_of_different_cells_are_not_compared(tmp_path: Path) -> None:
+    _run(tmp_path, "a", ["algorithm=fedproto"], 0.30)
+    _run(tmp_path, "b", ["algorithm=fedproto", "algorithm.proto_weight=0.1", "num_rounds=7"], 0.35)
+    _run(tmp_path, "c", ["algorithm=fedproto", "algorithm.proto_weight=0.2"], 0.99, seed=3)  # another seed: left out
+    with pytest.raises(tuning_table.MixedCells, match="different cells"):
+        tuning_table.collect([tmp_path])
+    assert [t["validation"] for t in tuning_table.collect([tmp_path], seed=3)["fedproto"]] == [0.99]
 
 
 def test_it_says_what_is_missing(tmp_path: Path, capsys) -> None:
