@@ -23,6 +23,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from fedvtc.checkpoint import flatten_dotted
+
 REPO = Path(__file__).resolve().parents[1]
 FEDVTC_FAMILY = "fedvtc"  # its readings are FedVTC's budget; the baselines are given as many
 
@@ -36,19 +38,9 @@ def algorithm_defaults(name: str) -> dict[str, Any]:
     return OmegaConf.to_container(cfg.algorithm, resolve=True)  # type: ignore[return-value]
 
 
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def changed_settings(algorithm: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     """The settings of ``algorithm`` that differ from ``defaults`` (dotted keys, label excluded)."""
-    mine, base = flatten(algorithm), flatten(defaults)
+    mine, base = flatten_dotted(algorithm), flatten_dotted(defaults)
     return {k: v for k, v in sorted(mine.items()) if k != "label" and base.get(k) != v}
 
 

@@ -160,12 +160,13 @@ def _pop_dotted(tree: dict[str, Any], key: str) -> None:
     tree.pop(last, None)
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_dotted(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{"a.b.c": leaf}`` (settings compared or listed key by key)."""
     if not isinstance(tree, dict):
         return {prefix: tree}
     flat: dict[str, Any] = {}
     for key, value in tree.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        flat.update(flatten_dotted(value, f"{prefix}.{key}" if prefix else str(key)))
     return flat
 
 
@@ -401,7 +402,7 @@ def _check_settings(directory: Path, manifest: Mapping[str, Any], settings: RunS
     mine = settings_record(settings)
     if manifest["settings_digest"] == settings_digest(mine):
         return
-    theirs, ours = _flatten(manifest["settings"]), _flatten(mine)
+    theirs, ours = flatten_dotted(manifest["settings"]), flatten_dotted(mine)
     differ = [
         f"{key}: checkpoint {theirs.get(key, '<absent>')!r}, this run {ours.get(key, '<absent>')!r}"
         for key in sorted(set(theirs) | set(ours))

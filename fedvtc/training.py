@@ -194,9 +194,10 @@ def train_vtc(
     Reconstruction: z = g(x), v = z + train_noise * sigma_y * eps, loss ||vtc(v) - x||^2, with
     sigma_y the global standard deviation of the sample's class (``train_noise`` 1 = METHOD.md §2;
     smaller lets the decoder keep more of what z carries beyond its class). Distribution
-    matching: ``dm_per_class`` latents from every global class Gaussian, decoded, re-encoded by the frozen g, and either their per-class
-    feature mean and std matched to (c^y, sigma_y) (``dm_space="features"``) or the frozen
-    classifier's cross-entropy on them (``"logits"``: the decoded image must be classified as y).
+    matching: ``dm_per_class`` latents from every global class Gaussian, decoded, re-encoded by
+    the frozen g, and either their per-class feature mean and std matched to (c^y, sigma_y)
+    (``dm_space="features"``) or the frozen classifier's cross-entropy on them (``"logits"``: the
+    decoded image must be classified as y).
 
     With ``encoder_optimizer`` (the VAE reading, METHOD.md §3) the reconstruction loss, weighted by
     ``encoder_weight``, also trains the extractor g as the encoder, one step of that optimizer per

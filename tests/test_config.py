@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -114,19 +113,18 @@ def test_the_cpu_table_runs_each_baseline_with_its_tuned_values() -> None:
     command line still wins, and an algorithm without a file keeps its defaults."""
     from omegaconf import OmegaConf
 
-    sys.path.insert(0, str(CONF.parent / "benchmarks"))
-    from tuning_table import flatten
+    from fedvtc.checkpoint import flatten_dotted
 
     tuned_files = sorted((CONF / "tuned").glob("cpu_*.yaml"))
     assert tuned_files, "the CPU table's baselines have tuned values"
     for path in tuned_files:
         algorithm = path.stem.removeprefix("cpu_")
-        tuned = flatten(OmegaConf.to_container(OmegaConf.load(path)))
+        tuned = flatten_dotted(OmegaConf.to_container(OmegaConf.load(path)))
         in_table = compose_config(["experiment=table_cpu", f"algorithm={algorithm}"]).algorithm
         alone = compose_config([f"algorithm={algorithm}"]).algorithm
         for key, value in tuned.items():
             assert OmegaConf.select(in_table, key) == value != OmegaConf.select(alone, key), (algorithm, key)
-    key, value = next(iter(flatten(OmegaConf.to_container(OmegaConf.load(tuned_files[0]))).items()))
+    key, value = next(iter(flatten_dotted(OmegaConf.to_container(OmegaConf.load(tuned_files[0]))).items()))
     algorithm = tuned_files[0].stem.removeprefix("cpu_")
     other = value + 1  # neither the tuned value nor, for the check to mean anything, the default
     assert other != OmegaConf.select(compose_config([f"algorithm={algorithm}"]).algorithm, key)
