@@ -5,19 +5,21 @@
 #   bash benchmarks/table.sh cpu mnist_a0.1           # one part (several may be named)
 #   bash benchmarks/table.sh cpu cifar10_a0.1 seed=0  # a part cut smaller by extra overrides
 #   bash benchmarks/table.sh paper                    # the literature-scale presets, on a GPU machine
-#   OUT=multirun/mytable bash benchmarks/table.sh cpu # another output directory (default multirun/table_<preset>)
+#   OUT=multirun/mytable bash benchmarks/table.sh cpu # another output directory (default benchmarks/results/table_<preset>)
 #
 # Parts: <dataset>_a<alpha> (the main grid of experiment=table_<preset> on that setting),
 # ablations_<dataset> (experiment=table_<preset>_ablations) and dp (experiment=table_<preset>_dp).
 # Every run lands under OUT/main/, OUT/ablations/ or OUT/dp/ in a directory named after its
 # overrides, with its results.json. Resumable: a part started again runs only the cells not finished
 # yet (a cell is known by its resolved config), so a table is built in sittings; compare.py refuses
-# to merge cells that ran with other code or settings. The table is OUT/table.{md,csv}, the plots
+# to merge cells that ran with other code or settings. The default OUT is inside the repository and
+# its .gitignore keeps each cell's config.yaml and results.json: commit them after a sitting, and
+# the next sitting, on any fresh clone, resumes where this one stopped. The table is OUT/table.{md,csv}, the plots
 # OUT/table_*.png, rebuilt from every finished cell after each call.
 set -euo pipefail
 preset=${1:-cpu}
 shift $(( $# > 0 ? 1 : 0 ))
-out=${OUT:-multirun/table_${preset}}
+out=${OUT:-benchmarks/results/table_${preset}}
 python=${PYTHON:-python}
 cd "$(dirname "$0")/.."
 

@@ -44,6 +44,21 @@ def test_deployment_node_config_sets_data_and_state_dirs(settings, tmp_path: Pat
     assert s.output_dir == settings.output_dir and s.num_clients == 2
 
 
+def test_the_fab_carries_only_the_package_and_its_configs() -> None:
+    """``flwr run .`` packs the app with pyproject's fab-include: the package and conf/, not the rest of
+    the checkout (the table's committed cells have commas in their directory names, which break the
+    FAB's manifest, and their size would count against Flower's 10 MB limit)."""
+    import io
+    import zipfile
+
+    from flwr.cli.build import build_fab_from_disk
+
+    names = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(D.APP_DIR))).namelist()
+    content = [n for n in names if not n.startswith(".info/") and n != "pyproject.toml"]
+    assert "fedvtc/client_app.py" in content and "conf/config.yaml" in content
+    assert all(n.startswith(("fedvtc/", "conf/")) for n in content), sorted(content)
+
+
 @pytest.mark.parametrize(
     ("node", "message"),
     [
