@@ -44,6 +44,15 @@ def test_deployment_node_config_sets_data_and_state_dirs(settings, tmp_path: Pat
     assert s.output_dir == settings.output_dir and s.num_clients == 2
 
 
+def test_deployment_processes_poll_for_work_quickly_unless_told_otherwise(tmp_path: Path, monkeypatch) -> None:
+    """flower-superexec's 1 s default poll delayed every message's ClientApp; the launcher's processes
+    get 0.1 s, and an operator's own value is kept."""
+    monkeypatch.delenv(D.SUPEREXEC_POLL_ENV, raising=False)
+    assert D.flower_env(tmp_path)[D.SUPEREXEC_POLL_ENV] == "0.1"
+    monkeypatch.setenv(D.SUPEREXEC_POLL_ENV, "2.5")
+    assert D.flower_env(tmp_path)[D.SUPEREXEC_POLL_ENV] == "2.5"
+
+
 def test_the_fab_carries_only_the_package_and_its_configs() -> None:
     """``flwr run .`` packs the app with pyproject's fab-include: the package and conf/, not the rest of
     the checkout (the table's committed cells have commas in their directory names, which break the
