@@ -16,12 +16,24 @@
 # its .gitignore keeps each cell's config.yaml and results.json: commit them after a sitting, and
 # the next sitting, on any fresh clone, resumes where this one stopped. The table is OUT/table.{md,csv}, the plots
 # OUT/table_*.png, rebuilt from every finished cell after each call.
+#
+# One table, one code: OUT/CODE holds the commit its cells run from (written by the first sitting,
+# from a checkout with no uncommitted changes to fedvtc/, conf/ or run_simulation.py). A later
+# sitting whose checkout differs there runs the cells from a temporary worktree of that commit, so
+# work on the method can go on while a table is built. To start a table on new code, use a new OUT
+# (or delete OUT/CODE with the cells).
 set -euo pipefail
 preset=${1:-cpu}
 shift $(( $# > 0 ? 1 : 0 ))
 out=${OUT:-benchmarks/results/table_${preset}}
 python=${PYTHON:-python}
 cd "$(dirname "$0")/.."
+repo=$PWD
+# absolute (a venv's python is a symlink that must stay one): the cells may run from another directory
+[[ $python == */* ]] && python=$(cd "$(dirname "$python")" && pwd)/$(basename "$python")
+mkdir -p "$out"
+out=$(cd "$out" && pwd)  # absolute: the cells may run from another directory (below)
+export FEDVTC_DATA_DIR=${FEDVTC_DATA_DIR:-$repo/data}
 
 case "$preset" in
   cpu) all_parts=(mnist_a0.1 mnist_a1.0 ablations_mnist cifar10_a0.1 cifar10_a1.0 ablations_cifar10 dp) ;;
@@ -35,16 +47,40 @@ for arg in "$@"; do
 done
 (( ${#parts[@]} )) || parts=("${all_parts[@]}")
 
+# What the cells run: this checkout, or a worktree of the commit the table is pinned to.
+code_paths=(fedvtc conf run_simulation.py)
+pin=$out/CODE
+if [[ ! -f $pin ]]; then
+  if ! git diff --quiet HEAD -- "${code_paths[@]}"; then
+    echo "error: uncommitted changes to ${code_paths[*]}; commit them first, so that $pin can name the code the table runs" >&2
+    exit 2
+  fi
+  git rev-parse HEAD > "$pin"
+  echo "table pinned to $(cat "$pin") ($pin)"
+fi
+commit=$(cat "$pin")
+code_dir=$repo
+if ! git diff --quiet "$commit" -- "${code_paths[@]}"; then
+  code_dir=$(mktemp -d "${TMPDIR:-/tmp}/fedvtc-table-code.XXXXXX")
+  trap 'git -C "$repo" worktree remove --force "$code_dir" >/dev/null 2>&1 || rm -rf "$code_dir"' EXIT
+  git worktree add --detach --quiet "$code_dir" "$commit"
+  echo "this checkout's code differs from the table's: running its cells from ${commit:0:12} in $code_dir"
+fi
+
+simulate() {
+  (cd "$code_dir" && PYTHONPATH="$code_dir${PYTHONPATH:+:$PYTHONPATH}" "$python" run_simulation.py -m "$@")
+}
+
 run_part() {
   local part=$1
   case "$part" in
     ablations_*)
-      "$python" run_simulation.py -m "experiment=table_${preset}_ablations" "dataset=${part#ablations_}" \
+      simulate "experiment=table_${preset}_ablations" "dataset=${part#ablations_}" \
         "hydra.sweep.dir=${out}/ablations" "${overrides[@]}" ;;
     dp)
-      "$python" run_simulation.py -m "experiment=table_${preset}_dp" "hydra.sweep.dir=${out}/dp" "${overrides[@]}" ;;
+      simulate "experiment=table_${preset}_dp" "hydra.sweep.dir=${out}/dp" "${overrides[@]}" ;;
     *_a*)
-      "$python" run_simulation.py -m "experiment=table_${preset}" "dataset=${part%_a*}" "partition.alpha=${part##*_a}" \
+      simulate "experiment=table_${preset}" "dataset=${part%_a*}" "partition.alpha=${part##*_a}" \
         "hydra.sweep.dir=${out}/main" "${overrides[@]}" ;;
     *)
       echo "error: unknown part '$part'; parts of table_${preset}: ${all_parts[*]}" >&2; exit 2 ;;

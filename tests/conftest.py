@@ -33,6 +33,7 @@ HEAVIEST_FILES_FIRST = (
     "test_checkpoint.py",
     "test_presets_smoke.py",
     "test_sweep.py",  # an Optuna search, run twice
+    "test_table_script.py",
     "test_zoo.py",
     "test_validation.py",
     "test_config.py",
