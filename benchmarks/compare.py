@@ -19,7 +19,10 @@ mean ± std over seeds of:
   and in total;
 - peak resident memory of a client's round (process peak, and what the round's work added above the
   dataset and runtime), seconds per round, and for FedVTC runs the share of synthetic images a
-  reference classifier labels with their intended class (overall / for the classes a client lacks).
+  reference classifier labels with their intended class (overall / for the classes a client lacks);
+- the machine its cells ran on (CPU model and torch's CPU capability, with a count of each where a
+  table built over several sittings mixes them): a seed gives the same numbers only on the same
+  kind of CPU, so a paired difference across kinds carries that noise too.
 
 Writes ``<out>.md`` and ``<out>.csv``; with ``--plots`` also ``<out>_accuracy.png`` (mean global-test
 accuracy per round per method, a band of ± one std over seeds, one panel per dataset and partition),
@@ -130,6 +133,25 @@ def check_consistency(groups: dict[Key, list[Run]], *, allow_mixed_code: bool = 
 
 
 # --- the measures of one run -------------------------------------------------------------------
+
+
+def machine_of(run: Run) -> str:
+    """The kind of machine a run ran on, as its ``meta.host`` records it (older runs: "unknown")."""
+    host = run["meta"].get("host") or {}
+    if not host.get("cpu_model"):
+        return "unknown"
+    kind = f"{host['cpu_model']} ({host.get('torch_cpu_capability') or '?'})"
+    device = run["meta"].get("device", "cpu")
+    return kind if device == "cpu" else f"{kind}, {device}"
+
+
+def _fmt_machines(runs: list[Run]) -> str:
+    kinds: dict[str, int] = defaultdict(int)
+    for run in runs:
+        kinds[machine_of(run)] += 1
+    if len(kinds) == 1:
+        return next(iter(kinds))
+    return ", ".join(f"{kind} ×{count}" for kind, count in sorted(kinds.items()))
 
 
 def seed_of(run: Run) -> int:
@@ -267,6 +289,7 @@ def summarize(key: Key, groups: dict[Key, list[Run]]) -> dict[str, Any]:
         "… of missing classes (%)": _fmt(synthetic("synthetic_accuracy_missing"), 100),
         "validation acc (%)": _fmt([f.get("validation_accuracy") for f in finals], 100),
         "validation missing-class acc (%)": _fmt([f.get("validation_accuracy_missing") for f in finals], 100),
+        "machine": _fmt_machines(runs),
     }
 
 

@@ -18,7 +18,7 @@ import compare  # noqa: E402
 
 def _write(root: Path, name: str, *, acc: float, seed: int = 0, commit: str = "a" * 40, rounds: int = 3,
            missing: float | None = 0.2, label: str = "fedvtc", curve: list[float] | None = None,
-           bytes_per_round: int = 2000, source: str | None = None) -> None:
+           bytes_per_round: int = 2000, source: str | None = None, cpu: str | None = "Intel Xeon") -> None:
     """A results.json as a run writes it. ``curve``: the mean global accuracy of each round (its last
     value is the final accuracy); default ``acc`` in every round."""
     curve = curve or [acc] * rounds
@@ -33,7 +33,8 @@ def _write(root: Path, name: str, *, acc: float, seed: int = 0, commit: str = "a
         "meta": {"algorithm": label, "label": label, "dataset": "mnist", "partition_label": "Dirichlet alpha=0.1",
                  "num_clients": 2, "num_rounds": rounds, "train_fraction": 0.1, "zoo": "cpu", "feature_dim": 64,
                  "global_test_set": "subset", "eval_every": 1, "seed": seed,
-                 "code": {"git_commit": commit, "git_dirty": False, "source_sha256": source}},
+                 "code": {"git_commit": commit, "git_dirty": False, "source_sha256": source},
+                 "host": {"cpu_model": cpu, "torch_cpu_capability": "AVX512"} if cpu else {}},
         "rounds": [{"round": r, "global_accuracy": a, "global_accuracy_missing": missing,
                     "bytes_up": bytes_per_round // 2, "bytes_down": bytes_per_round // 2,
                     "synthetic_accuracy": 0.5, "synthetic_accuracy_missing": 0.4,
@@ -147,3 +148,15 @@ def test_the_source_fingerprint_lets_parts_of_other_commits_merge(tmp_path: Path
     _write(tmp_path / "part3", "algorithm=fedvtc", acc=0.31, seed=2, commit="b" * 40, source="e" * 64)
     with pytest.raises(compare.MixedRunsError, match="sources eeeeeeeeeeee"):
         compare.collect([tmp_path / "part1", tmp_path / "part3"])
+
+
+def test_each_row_names_the_machines_its_cells_ran_on(tmp_path: Path) -> None:
+    """A table built over sittings on other machines says so: a seed's numbers depend on the CPU kind."""
+    _write(tmp_path, "algorithm=fedvtc", acc=0.30)
+    _write(tmp_path, "algorithm=fedvtc", acc=0.34, seed=1, cpu="AMD EPYC")
+    _write(tmp_path, "algorithm=fedvtc", acc=0.32, seed=2, cpu="AMD EPYC")
+    _write(tmp_path, "algorithm=local", acc=0.30, label="local")
+    _write(tmp_path, "algorithm=local", acc=0.30, seed=1, label="local", cpu=None)  # a run from before meta.host
+    rows = {r["method"]: r for r in compare.collect([tmp_path])}
+    assert rows["fedvtc"]["machine"] == "AMD EPYC (AVX512) ×2, Intel Xeon (AVX512) ×1"
+    assert rows["local"]["machine"] == "Intel Xeon (AVX512) ×1, unknown ×1"
