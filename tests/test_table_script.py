@@ -23,7 +23,7 @@ def git(cwd: Path, *args: str) -> str:
 @pytest.mark.slow
 def test_a_pinned_table_runs_its_cells_from_the_pinned_commit(tmp_path: Path) -> None:
     clone = tmp_path / "repo"
-    git(REPO, "clone", "--quiet", str(REPO), str(clone))
+    git(REPO, "clone", "--quiet", "--depth", "1", f"file://{REPO}", str(clone))  # works from a shallow CI clone too
     shutil.copy(REPO / "benchmarks" / "table.sh", clone / "benchmarks" / "table.sh")  # this checkout's script
     for key, value in (("user.email", "test@fedvtc"), ("user.name", "test")):
         git(clone, "config", key, value)
