@@ -36,7 +36,7 @@ import argparse
 import csv
 import json
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -146,9 +146,7 @@ def machine_of(run: Run) -> str:
 
 
 def _fmt_machines(runs: list[Run]) -> str:
-    kinds: dict[str, int] = defaultdict(int)
-    for run in runs:
-        kinds[machine_of(run)] += 1
+    kinds = Counter(machine_of(run) for run in runs)
     if len(kinds) == 1:
         return next(iter(kinds))
     return ", ".join(f"{kind} ×{count}" for kind, count in sorted(kinds.items()))

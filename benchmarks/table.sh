@@ -12,8 +12,8 @@
 # Every run lands under OUT/main/, OUT/ablations/ or OUT/dp/ in a directory named after its
 # overrides, with its results.json. Resumable: a part started again runs only the cells not finished
 # yet (a cell is known by its resolved config), so a table is built in sittings; compare.py refuses
-# to merge cells that ran with other code or settings. The default OUT is inside the repository and
-# its .gitignore keeps each cell's config.yaml and results.json: commit them after a sitting, and
+# to merge cells that ran with other code or settings. The default OUT is inside the repository, and
+# benchmarks/results/.gitignore keeps each cell's config.yaml and results.json there: commit them after a sitting, and
 # the next sitting, on any fresh clone, resumes where this one stopped. The table is OUT/table.{md,csv}, the plots
 # OUT/table_*.png, rebuilt from every finished cell after each call.
 #
