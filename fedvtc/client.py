@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -40,6 +40,49 @@ def make_optimizer(params, *, name: str, lr: float, momentum: float, weight_deca
     raise ValueError(f"unknown optimizer {name!r}")
 
 
+class LazyOptimizer:
+    """An optimizer built on first use, resuming from the state loaded into it before.
+
+    Why: torch imports ``torch._dynamo`` (about 1.3 s) the first time any optimizer is built or
+    loaded, and a Flower deployment starts a fresh ClientApp process for every message; an evaluate
+    message, which never steps, need not pay it. The optimizer it builds is the one an eager build
+    would give: same parameters, same hyperparameters, the same loaded state.
+
+    Args:
+        build: makes the optimizer (over parameters that exist already).
+    """
+
+    def __init__(self, build: Callable[[], torch.optim.Optimizer]) -> None:
+        self._build = build
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._pending_state: dict[str, Any] | None = None
+
+    @property
+    def built(self) -> bool:
+        return self._optimizer is not None
+
+    def get(self) -> torch.optim.Optimizer:
+        """The optimizer, built (and given the loaded state) on the first call."""
+        if self._optimizer is None:
+            self._optimizer = self._build()
+            if self._pending_state is not None:
+                self._optimizer.load_state_dict(self._pending_state)
+                self._pending_state = None
+        return self._optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        """What ``torch.optim.Optimizer.state_dict`` gives; the loaded state as is if never built."""
+        if self._optimizer is None and self._pending_state is not None:
+            return self._pending_state
+        return self.get().state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._optimizer is not None:
+            self._optimizer.load_state_dict(state)
+        else:
+            self._pending_state = state
+
+
 class HeteroClient(NumPyClient):
     """One client with its own architecture; state is loaded from and saved to disk every message.
 
@@ -65,14 +108,19 @@ class HeteroClient(NumPyClient):
             image_size=settings.dataset.image_size,
         ).to(self.device)
         t = settings.train
-        self.optimizer = make_optimizer(
+        self._optimizer = LazyOptimizer(lambda: make_optimizer(
             self.model.parameters(), name=t.optimizer, lr=t.lr, momentum=t.momentum,
             weight_decay=t.weight_decay,
-        )
+        ))
         self.timer = PhaseTimer()
         self.rounds_done = 0
         self.setup()
         self._load()
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The model's optimizer (built on first use: see ``LazyOptimizer``)."""
+        return self._optimizer.get()
 
     # ---- what an algorithm implements -------------------------------------------------------
 
@@ -183,7 +231,7 @@ class HeteroClient(NumPyClient):
                 "arch": self.arch,
                 "round": self.rounds_done,
                 "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": self._optimizer.state_dict(),
                 "extra": self.extra_state(),
             },
         )
@@ -198,6 +246,6 @@ class HeteroClient(NumPyClient):
                 f"'{self.arch}'; use a fresh simulation.state_dir"
             )
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._optimizer.load_state_dict(state["optimizer"])
         self.rounds_done = int(state["round"])
         self.load_extra_state(state["extra"])

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -13,18 +18,19 @@ from fedvtc.config import build_settings
 from fedvtc.payload import Payload, decode, encode
 from fedvtc.stats import pool_statistics
 from fedvtc.state import load_state, state_path
-from helpers import compose_config
+from helpers import REPO, compose_config
 
 pytestmark = pytest.mark.slow
+
+OVERRIDES = ["experiment=debug", "algorithm=fedvtc_private_vtc", "algorithm.vtc.steps=5",
+             "algorithm.synthesis.per_class=4"]
 
 
 @pytest.fixture()
 def settings(data_dir: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("FEDVTC_DATA_DIR", str(data_dir))
     # The private-VTC reading: the client decodes and trains alone (the shared one is tested end to end).
-    cfg = compose_config(["experiment=debug", "algorithm=fedvtc_private_vtc", "algorithm.vtc.steps=5",
-                          "algorithm.synthesis.per_class=4"])
-    return build_settings(cfg, output_dir=tmp_path)
+    return build_settings(compose_config(OVERRIDES), output_dir=tmp_path)
 
 
 def _fit(settings, cid, arrays, server_round):
@@ -63,3 +69,37 @@ def test_a_round_is_reproducible(settings, tmp_path: Path) -> None:
     second = _fit(settings, 1, encode(Payload()), 1)
     for a, b in zip(first[0], second[0]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_evaluate_message_builds_no_optimizer(settings, data_dir: Path, tmp_path: Path) -> None:
+    """A deployment's fresh ClientApp process evaluating a saved client never imports torch._dynamo
+    (torch's optimizers do, about 1.3 s), and a fit after it still resumes every optimizer's state."""
+    # As on a SuperNode: the client's data share cached, so no process loads the dataset files
+    # (torchvision imports torch._dynamo too).
+    settings = dataclasses.replace(settings, share_cache_dir=str(tmp_path / "shares"))
+    pooled = encode(Payload(pool_statistics(
+        [decode(_fit(settings, cid, encode(Payload()), 1)[0], num_classes=10,
+                feature_dim=settings.feature_dim).stats for cid in range(2)])))
+    _fit(settings, 0, pooled, 2)  # the VTC's and the model's optimizers now have state to resume
+    script = textwrap.dedent(f"""
+        import dataclasses
+        import sys
+        sys.path.insert(0, {str(REPO / "tests")!r})
+        from helpers import compose_config
+        from fedvtc.algorithms.fedvtc import FedVTCClient
+        from fedvtc.config import build_settings
+        settings = build_settings(compose_config({OVERRIDES!r}), output_dir={str(tmp_path)!r})
+        settings = dataclasses.replace(settings, share_cache_dir={settings.share_cache_dir!r})
+        FedVTCClient(0, settings).evaluate([], {{"server_round": 2}})
+        print("dynamo imported:", "torch._dynamo" in sys.modules)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "FEDVTC_DATA_DIR": str(data_dir)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "dynamo imported: False" in done.stdout
+
+    saved = load_state(state_path(settings.state_dir, 0))
+    client = FedVTCClient(0, settings)
+    assert client.optimizer.state_dict()["state"].keys() == saved["optimizer"]["state"].keys()
+    for key, value in saved["extra"]["vtc_optimizer"]["state"].items():
+        torch.testing.assert_close(client._vtc_optimizer.get().state_dict()["state"][key], value)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from fedvtc.averaging import weighted_average
-from fedvtc.client import HeteroClient, make_optimizer
+from fedvtc.client import HeteroClient, LazyOptimizer, make_optimizer
 from fedvtc.settings import ConfigError, RunSettings
 from fedvtc.losses import conformal_threshold
 from fedvtc.payload import Payload, PayloadError, decode
@@ -94,17 +94,17 @@ class FedTypeClient(HeteroClient):
     def setup(self) -> None:
         t = self.s.train
         self.proxy = build_proxy(self.s).to(self.device)
-        self.proxy_optimizer = make_optimizer(
+        self._proxy_optimizer = LazyOptimizer(lambda: make_optimizer(
             self.proxy.parameters(), name=t.optimizer, lr=t.lr, momentum=t.momentum,
             weight_decay=t.weight_decay,
-        )
+        ))
 
     def extra_state(self) -> dict[str, Any]:
-        return {"proxy": self.proxy.state_dict(), "proxy_optimizer": self.proxy_optimizer.state_dict()}
+        return {"proxy": self.proxy.state_dict(), "proxy_optimizer": self._proxy_optimizer.state_dict()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.proxy.load_state_dict(state["proxy"])
-        self.proxy_optimizer.load_state_dict(state["proxy_optimizer"])
+        self._proxy_optimizer.load_state_dict(state["proxy_optimizer"])
 
     def decode_download(self, parameters: list) -> Payload:
         # Round 1: nothing (every proxy starts from the same seeded init); then the averaged proxy.
@@ -122,7 +122,7 @@ class FedTypeClient(HeteroClient):
         with self.timer("local_train"):
             result = train_mutual(
                 self.model, self.proxy, self._on_device(self.train_data), self.optimizer,
-                self.proxy_optimizer, epochs=t.local_epochs, batch_size=t.batch_size,
+                self._proxy_optimizer.get(), epochs=t.local_epochs, batch_size=t.batch_size,
                 generator=torch_generator(self.s.seed, self.cid, server_round, LOCAL_TRAIN),
                 spec=spec, grad_clip=t.grad_clip,
             )

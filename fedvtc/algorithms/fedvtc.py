@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from fedvtc.averaging import weighted_average
-from fedvtc.client import HeteroClient
+from fedvtc.client import HeteroClient, LazyOptimizer
 from fedvtc.settings import ConfigError, RunSettings
 from fedvtc.data import ImageSet
 from fedvtc.payload import Payload, PayloadError, decode
@@ -167,7 +167,7 @@ class FedVTCClient(HeteroClient):
         init_key = (self.s.seed, INIT, 1) if a.shared_vtc else (self.s.seed, self.cid, INIT, 1)
         torch.manual_seed(derive_seed(*init_key))
         self.vtc = build_vtc(self.s).to(self.device)
-        self.vtc_optimizer = torch.optim.Adam(self.vtc.parameters(), lr=a.vtc.lr)
+        self._vtc_optimizer = LazyOptimizer(lambda: torch.optim.Adam(self.vtc.parameters(), lr=a.vtc.lr))
         self.local_stats: ClassStats | None = None
         # Rounds in which this client released differentially private statistics (dp.enabled).
         self.dp_releases = 0
@@ -178,7 +178,7 @@ class FedVTCClient(HeteroClient):
     def extra_state(self) -> dict[str, Any]:
         return {
             "vtc": self.vtc.state_dict(),
-            "vtc_optimizer": self.vtc_optimizer.state_dict(),
+            "vtc_optimizer": self._vtc_optimizer.state_dict(),
             "local_stats": self.local_stats,
             "dp_releases": self.dp_releases,
             "global_stats": self.global_stats,
@@ -186,7 +186,7 @@ class FedVTCClient(HeteroClient):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.vtc.load_state_dict(state["vtc"])
-        self.vtc_optimizer.load_state_dict(state["vtc_optimizer"])
+        self._vtc_optimizer.load_state_dict(state["vtc_optimizer"])
         self.local_stats = state["local_stats"]
         self.dp_releases = int(state.get("dp_releases", 0))  # absent from states saved before DP
         self.global_stats = state.get("global_stats")  # absent from states saved before it was kept
@@ -293,7 +293,7 @@ class FedVTCClient(HeteroClient):
         train = self._on_device(self.train_data)
         with self.timer("vtc_train"):
             losses = train_vtc(
-                self.vtc, self.model, train, self.vtc_optimizer, target,
+                self.vtc, self.model, train, self._vtc_optimizer.get(), target,
                 steps=a.vtc.steps_for(len(train)), batch_size=a.vtc.batch_size,
                 generator=torch_generator(self.s.seed, self.cid, server_round, VTC_TRAIN),
                 dm_weight=a.vtc.dm_weight, dm_per_class=a.vtc.dm_per_class, grad_clip=a.vtc.grad_clip,
