@@ -47,7 +47,9 @@ client.evaluate([], {"server_round": 1, "num_rounds": 1})
 done = time.perf_counter()
 print(json.dumps({"import_s": imported - start, "config_s": configured - imported,
                   "client_s": built - configured, "evaluate_s": done - built,
-                  "torchvision_imported": "torchvision" in sys.modules}))
+                  "torchvision_imported": "torchvision" in sys.modules,
+                  # torch's optimizers import it (about 1 s); an evaluate message builds none
+                  "dynamo_imported": "torch._dynamo" in sys.modules}))
 """
 
 
@@ -76,11 +78,13 @@ def main() -> None:
     later = rows[1:] or rows
     summary = {"label": args.label, "dataset": args.dataset, "messages": args.messages, "first": rows[0],
                "later_median": {k: statistics.median(r[k] for r in later) for k in rows[0] if k.endswith("_s")},
-               "later_torchvision_imported": any(r["torchvision_imported"] for r in later)}
+               "later_torchvision_imported": any(r["torchvision_imported"] for r in later),
+               "later_dynamo_imported": any(r.get("dynamo_imported", False) for r in later)}
     print(f"{args.label}, {args.dataset}: seconds per ClientApp process (first message / median of the later ones)")
     for key in ("import_s", "config_s", "client_s", "evaluate_s", "process_s"):
         print(f"  {key[:-2]:9s} {rows[0][key]:6.2f} / {summary['later_median'][key]:6.2f}")
     print(f"  torchvision imported by the later ones: {summary['later_torchvision_imported']}")
+    print(f"  torch._dynamo imported by the later ones: {summary['later_dynamo_imported']}")
     if args.out:
         with args.out.open("a") as handle:
             handle.write(json.dumps(summary) + "\n")
