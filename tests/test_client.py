@@ -18,6 +18,7 @@ from fedvtc.config import build_settings
 from fedvtc.payload import Payload, decode, encode
 from fedvtc.stats import pool_statistics
 from fedvtc.state import load_state, state_path
+from fedvtc.vtc import shared_shapes
 from helpers import REPO, compose_config
 
 pytestmark = pytest.mark.slow
@@ -103,3 +104,25 @@ def test_an_evaluate_message_builds_no_optimizer(settings, data_dir: Path, tmp_p
     assert client.optimizer.state_dict()["state"].keys() == saved["optimizer"]["state"].keys()
     for key, value in saved["extra"]["vtc_optimizer"]["state"].items():
         torch.testing.assert_close(client._vtc_optimizer.get().state_dict()["state"][key], value)
+
+
+def test_an_adapter_trains_on_the_client_and_is_never_sent(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """``vtc.adapter``: the client's private map in front of the shared VTC learns, is kept in its
+    state, and the upload carries the shared VTC's arrays only."""
+    monkeypatch.setenv("FEDVTC_DATA_DIR", str(data_dir))
+    cfg = compose_config(["experiment=debug", "algorithm=fedvtc", "algorithm.vtc.adapter=true",
+                          "algorithm.vtc.steps=5", "algorithm.vtc.epochs=null", "algorithm.synthesis.per_class=4"])
+    settings = build_settings(cfg, output_dir=tmp_path)
+    first = [_fit(settings, cid, encode(Payload()), 1) for cid in range(2)]
+    client = FedVTCClient(0, settings)
+    shapes = shared_shapes(client.vtc)
+    stats = [decode(u[0], num_classes=10, feature_dim=settings.feature_dim, extra_shapes=shapes).stats
+             for u in first]
+    arrays, _, metrics = _fit(settings, 0, encode(Payload(pool_statistics(stats))), 2)
+    assert metrics["time_vtc_train"] > 0
+    upload = decode(arrays, num_classes=10, feature_dim=settings.feature_dim, extra_shapes=shapes)
+    assert [a.shape for a in upload.extra] == shapes  # the VTC's arrays, no adapter among them
+    adapter = load_state(state_path(settings.state_dir, 0))["extra"]["adapter"]
+    assert not torch.equal(adapter["weight"], torch.eye(settings.feature_dim))  # it trained
+    resumed = FedVTCClient(0, settings)
+    torch.testing.assert_close(resumed.adapter.weight, adapter["weight"])

@@ -71,6 +71,10 @@ class VTCSettings:
     # "global" (with a shared VTC: the server's average as received, before this client's steps;
     # a private VTC has no average and synthesizes with its own).
     synthesize_from: str = "global"
+    # A private linear map (identity at the start) in front of the shared decoder, trained with it
+    # and never sent: each client maps its own feature space into the one input space the averaged
+    # decoder reads, so the average need not agree only on what all spaces share (the class means).
+    adapter: bool = False
 
     def steps_for(self, num_samples: int) -> int:
         """VTC steps this round for a local training set of ``num_samples`` images."""
@@ -142,6 +146,11 @@ class FedVTCSettings:
             raise ConfigError(
                 f"algorithm.vtc.start_round must be >= 2 (round 1 has no pooled statistics), got {self.vtc.start_round}"
             )
+        if self.vtc.adapter and not self.shared_vtc:
+            raise ConfigError(
+                "algorithm.vtc.adapter=true maps a client's features into a shared decoder's input; "
+                "with algorithm.shared_vtc=false the private VTC reads them directly: set one of them"
+            )
         if self.vtc.synthesize_from == "global" and self.shared_vtc and self.schedule == "final":
             raise ConfigError(
                 "algorithm.vtc.synthesize_from=global does not work with schedule=final (the "
@@ -158,6 +167,21 @@ def build_vtc(run: RunSettings) -> VTC:
     return VTC(run.feature_dim, d.image_size, d.channels, d.mean, d.std, width=run.algorithm.vtc.width)
 
 
+def build_adapter(run: RunSettings) -> torch.nn.Linear:
+    """``vtc.adapter``'s private map of the client's features, the identity to start with."""
+    p = run.feature_dim
+    adapter = torch.nn.Linear(p, p)
+    with torch.no_grad():
+        adapter.weight.copy_(torch.eye(p))
+        adapter.bias.zero_()
+    return adapter
+
+
+def decoder_of(vtc: VTC, adapter: torch.nn.Module | None) -> torch.nn.Module:
+    """What turns a latent into an image: the VTC, behind the client's adapter when it has one."""
+    return vtc if adapter is None else torch.nn.Sequential(adapter, vtc)
+
+
 class FedVTCClient(HeteroClient):
     """A FedVTC client: its own model and (unless shared) its own VTC."""
 
@@ -167,7 +191,10 @@ class FedVTCClient(HeteroClient):
         init_key = (self.s.seed, INIT, 1) if a.shared_vtc else (self.s.seed, self.cid, INIT, 1)
         torch.manual_seed(derive_seed(*init_key))
         self.vtc = build_vtc(self.s).to(self.device)
-        self._vtc_optimizer = LazyOptimizer(lambda: torch.optim.Adam(self.vtc.parameters(), lr=a.vtc.lr))
+        self.adapter = build_adapter(self.s).to(self.device) if a.vtc.adapter else None
+        # What synthesizes and trains; only self.vtc is sent (the adapter stays on the client).
+        self.decoder = decoder_of(self.vtc, self.adapter)
+        self._vtc_optimizer = LazyOptimizer(lambda: torch.optim.Adam(self.decoder.parameters(), lr=a.vtc.lr))
         self.local_stats: ClassStats | None = None
         # Rounds in which this client released differentially private statistics (dp.enabled).
         self.dp_releases = 0
@@ -179,6 +206,7 @@ class FedVTCClient(HeteroClient):
         return {
             "vtc": self.vtc.state_dict(),
             "vtc_optimizer": self._vtc_optimizer.state_dict(),
+            "adapter": self.adapter.state_dict() if self.adapter is not None else None,
             "local_stats": self.local_stats,
             "dp_releases": self.dp_releases,
             "global_stats": self.global_stats,
@@ -187,6 +215,8 @@ class FedVTCClient(HeteroClient):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.vtc.load_state_dict(state["vtc"])
         self._vtc_optimizer.load_state_dict(state["vtc_optimizer"])
+        if self.adapter is not None:
+            self.adapter.load_state_dict(state["adapter"])
         self.local_stats = state["local_stats"]
         self.dp_releases = int(state.get("dp_releases", 0))  # absent from states saved before DP
         self.global_stats = state.get("global_stats")  # absent from states saved before it was kept
@@ -293,7 +323,7 @@ class FedVTCClient(HeteroClient):
         train = self._on_device(self.train_data)
         with self.timer("vtc_train"):
             losses = train_vtc(
-                self.vtc, self.model, train, self._vtc_optimizer.get(), target,
+                self.decoder, self.model, train, self._vtc_optimizer.get(), target,
                 steps=a.vtc.steps_for(len(train)), batch_size=a.vtc.batch_size,
                 generator=torch_generator(self.s.seed, self.cid, server_round, VTC_TRAIN),
                 dm_weight=a.vtc.dm_weight, dm_per_class=a.vtc.dm_per_class, grad_clip=a.vtc.grad_clip,
@@ -310,7 +340,7 @@ class FedVTCClient(HeteroClient):
         if a.finetune.data != "real":
             with self.timer("synthesis"):
                 synthetic = synthesize(
-                    self.vtc, target, per_class=a.synthesis.per_class,
+                    self.decoder, target, per_class=a.synthesis.per_class,
                     generator=torch_generator(*key, SYNTHESIS), noise_scale=a.synthesis.noise_scale,
                 )
             self._score_synthetic(synthetic)

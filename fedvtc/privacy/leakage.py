@@ -528,7 +528,8 @@ def evaluate_client(settings: RunSettings, cid: int) -> dict[str, Any]:
     Raises:
         PrivacyEvalError: when the run is not a FedVTC run, or the client has no usable state.
     """
-    from fedvtc.algorithms.fedvtc import build_vtc  # late: the algorithms import the whole client stack
+    # late: the algorithms import the whole client stack
+    from fedvtc.algorithms.fedvtc import build_adapter, build_vtc, decoder_of
     from fedvtc.federated_data import client_data
     from fedvtc.state import load_state, state_path
     from fedvtc.training import GlobalGaussians, synthesize
@@ -563,13 +564,17 @@ def evaluate_client(settings: RunSettings, cid: int) -> dict[str, Any]:
     device = torch.device(resolve_device(settings.device))
     vtc = build_vtc(settings)
     vtc.load_state_dict(state["extra"]["vtc"])
-    vtc.to(device)
+    adapter = None
+    if state["extra"].get("adapter") is not None:  # algorithm.vtc.adapter: the client's private map
+        adapter = build_adapter(settings)
+        adapter.load_state_dict(state["extra"]["adapter"])
+    decoder = decoder_of(vtc, adapter).to(device)
     target = GlobalGaussians.from_stats(
         stats, spec.num_classes, variance_floor=settings.algorithm.variance_floor, device=device
     )
     with torch.no_grad():
         images = synthesize(
-            vtc, target, per_class=pe.per_class, generator=torch_generator(settings.seed, cid, PRIVACY_EVAL, 0)
+            decoder, target, per_class=pe.per_class, generator=torch_generator(settings.seed, cid, PRIVACY_EVAL, 0)
         )
     train, test = client_data(settings, cid)
     heldout = _heldout_subset(test, pe.heldout, (settings.seed, cid, PRIVACY_EVAL, 1))
