@@ -123,6 +123,7 @@ def train_local(
     grad_clip: float = 0.0,
     extra_loss: FeatureLoss | None = None,
     train_extractor: bool = True,
+    update_norm_stats: bool = True,
 ) -> float:
     """Cross-entropy training on local data, plus the KL alignment once global statistics exist.
 
@@ -140,10 +141,17 @@ def train_local(
         train_extractor: False freezes the extractor (no gradients, BatchNorm in eval mode) so
             only the head learns; parameters without gradients are skipped by the optimizer,
             momentum included.
+        update_norm_stats: False keeps every normalization layer in eval mode (running statistics
+            as they are, affine parameters still trained), e.g. so batches of synthetic images do
+            not move the statistics the model later reads real images with.
 
     Returns the mean training loss of the last epoch.
     """
     model.train()
+    if not update_norm_stats:
+        for module in model.modules():
+            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+                module.eval()
     with _frozen_extractor(model, frozen=not train_extractor):
         device = next(model.parameters()).device
         params = [p for p in model.parameters() if p.requires_grad]
@@ -169,6 +177,7 @@ def train_local(
 
 
 DM_SPACES = ("features", "logits")
+NORM_STATS = ("update", "frozen")
 
 
 def train_vtc(
@@ -296,16 +305,21 @@ def finetune(
     generator: torch.Generator,
     scope: str = "full",
     grad_clip: float = 0.0,
+    norm_stats: str = "update",
 ) -> float:
     """Cross-entropy fine-tuning of the whole model (``scope="full"``) or of its head alone.
 
     ``data`` is whatever the caller chose to fine-tune on: synthetic images, real ones or a mix.
+    ``norm_stats``: ``"update"`` lets its batches move BatchNorm's running statistics, ``"frozen"``
+    keeps those of local training.
     """
+    if norm_stats not in NORM_STATS:
+        raise ValueError(f"finetune norm_stats must be one of {NORM_STATS}, got {norm_stats!r}")
     if scope not in ("full", "head"):
         raise ValueError(f"finetune scope must be 'full' or 'head', got {scope!r}")
     return train_local(
         model, data, optimizer, epochs=epochs, batch_size=batch_size, generator=generator,
-        grad_clip=grad_clip, train_extractor=scope == "full",
+        grad_clip=grad_clip, train_extractor=scope == "full", update_norm_stats=norm_stats == "update",
     )
 
 

@@ -125,3 +125,31 @@ def test_train_noise_scales_the_noise_on_the_features():
         clean = float(torch.nn.functional.mse_loss(vtc(model.forward_features(data.x)), data.x))
     assert loss(0.0) == pytest.approx(clean, rel=1e-5)
     assert loss(1.0) != pytest.approx(clean, rel=1e-3)
+
+
+@pytest.mark.parametrize("norm_stats", ["update", "frozen"])
+def test_finetuning_moves_batchnorm_statistics_only_when_asked(norm_stats):
+    """``finetune.norm_stats=frozen``: the weights learn, BatchNorm's running statistics stay."""
+    from fedvtc.data import ImageSet
+    from fedvtc.training import finetune
+    from fedvtc.zoo import create_model
+
+    torch.manual_seed(0)
+    model = create_model("cnn_s", num_classes=3, feature_dim=8, in_channels=1, image_size=28)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = ImageSet(torch.randn(16, 1, 28, 28) + 3.0, torch.tensor([0, 1] * 8))  # far from the init stats
+    finetune(model, data, torch.optim.SGD(model.parameters(), lr=0.1), epochs=1, batch_size=8,
+             generator=torch.Generator().manual_seed(0), norm_stats=norm_stats)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    stats = {k for k in before if k.endswith(("running_mean", "running_var"))}
+    assert stats, "cnn_s has BatchNorm"
+    assert any(k.endswith("weight") for k in changed)
+    assert (stats <= changed) if norm_stats == "update" else not (stats & changed)
+    assert model.training
+
+
+def test_an_unknown_norm_stats_is_refused():
+    from fedvtc.training import finetune
+
+    with pytest.raises(ValueError, match="norm_stats"):
+        finetune(None, None, None, epochs=1, batch_size=1, generator=None, norm_stats="sometimes")

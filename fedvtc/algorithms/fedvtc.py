@@ -35,6 +35,7 @@ from fedvtc.training import (
     feature_statistics,
     finetune,
     DM_SPACES,
+    NORM_STATS,
     synthesize,
     train_vtc,
 )
@@ -96,6 +97,9 @@ class FinetuneSettings:
     data: str = "mix"
     scope: str = "full"
     epochs: int = 1
+    # Do the fine-tuning batches (synthetic images among them) move BatchNorm's running
+    # statistics ("update") or stay with those of local training ("frozen")?
+    norm_stats: str = "update"
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,7 @@ class FedVTCSettings:
             "kl_reduction": (self.kl_reduction, ("sum", "mean")),
             "finetune.data": (self.finetune.data, FINETUNE_DATA),
             "finetune.scope": (self.finetune.scope, ("full", "head")),
+            "finetune.norm_stats": (self.finetune.norm_stats, NORM_STATS),
             "vtc.dm_space": (self.vtc.dm_space, DM_SPACES),
             "vtc.synthesize_from": (self.vtc.synthesize_from, ("local", "global")),
         }
@@ -359,7 +364,7 @@ class FedVTCClient(HeteroClient):
             finetune(
                 self.model, data, self.optimizer, epochs=a.finetune.epochs,
                 batch_size=self.s.train.batch_size, generator=torch_generator(*key, FINETUNE),
-                scope=a.finetune.scope, grad_clip=self.s.train.grad_clip,
+                scope=a.finetune.scope, grad_clip=self.s.train.grad_clip, norm_stats=a.finetune.norm_stats,
             )
 
     def _score_synthetic(self, synthetic: ImageSet) -> None:
