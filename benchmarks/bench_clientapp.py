@@ -79,7 +79,7 @@ def main() -> None:
     summary = {"label": args.label, "dataset": args.dataset, "messages": args.messages, "first": rows[0],
                "later_median": {k: statistics.median(r[k] for r in later) for k in rows[0] if k.endswith("_s")},
                "later_torchvision_imported": any(r["torchvision_imported"] for r in later),
-               "later_dynamo_imported": any(r.get("dynamo_imported", False) for r in later)}
+               "later_dynamo_imported": any(r["dynamo_imported"] for r in later)}
     print(f"{args.label}, {args.dataset}: seconds per ClientApp process (first message / median of the later ones)")
     for key in ("import_s", "config_s", "client_s", "evaluate_s", "process_s"):
         print(f"  {key[:-2]:9s} {rows[0][key]:6.2f} / {summary['later_median'][key]:6.2f}")

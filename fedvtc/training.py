@@ -141,7 +141,7 @@ def train_local(
         train_extractor: False freezes the extractor (no gradients, BatchNorm in eval mode) so
             only the head learns; parameters without gradients are skipped by the optimizer,
             momentum included.
-        update_norm_stats: False keeps every normalization layer in eval mode (running statistics
+        update_norm_stats: False keeps every BatchNorm layer in eval mode (running statistics
             as they are, affine parameters still trained), e.g. so batches of synthetic images do
             not move the statistics the model later reads real images with.
 
