@@ -99,7 +99,7 @@ class FinetuneSettings:
     epochs: int = 1
     # Do the fine-tuning batches (synthetic images among them) move BatchNorm's running
     # statistics ("update") or stay with those of local training ("frozen")?
-    norm_stats: str = "update"
+    norm_stats: str = "frozen"
 
 
 @dataclass(frozen=True)
