@@ -105,15 +105,48 @@ def code_identity(run: Run) -> str:
     return commit + (" (with uncommitted changes)" if code.get("git_dirty") else "")
 
 
-def check_consistency(groups: dict[Key, list[Run]], *, allow_mixed_code: bool = False) -> None:
+# A table directory's pin (benchmarks/table.sh): its first line names the commit the cells run
+# from; a line "kept <commit> <label>,<label>" keeps the cells of those methods that ran at an
+# earlier commit, after a change that was checked not to move their numbers (e.g. a new default
+# of FedVTC's, which no baseline reads): only FedVTC's cells then run again.
+PIN_FILE = "CODE"
+
+
+def kept_code(dirs: Iterable[Path]) -> dict[str, set[str]]:
+    """The earlier commits whose cells the pins of ``dirs`` keep, with the method labels kept."""
+    kept: dict[str, set[str]] = defaultdict(set)
+    for root in dirs:
+        pin = root / PIN_FILE
+        if not pin.is_file():
+            continue
+        for number, line in enumerate(pin.read_text().splitlines(), start=1):
+            words = line.split("#", 1)[0].split()
+            if not words or words[0] != "kept":
+                continue
+            if len(words) != 3:
+                raise MixedRunsError(f"{pin}:{number}: write a kept line as 'kept <commit> <label>,<label>', got {line!r}")
+            kept[words[1]] |= set(words[2].split(","))
+    return dict(kept)
+
+
+def is_kept(run: Run, kept: dict[str, set[str]]) -> bool:
+    """Whether ``run`` ran at a commit its table keeps for its method (``kept_code``)."""
+    commit = (run["meta"].get("code") or {}).get("git_commit") or ""
+    return any(commit.startswith(c) and run["meta"].get("label") in labels for c, labels in kept.items())
+
+
+def check_consistency(groups: dict[Key, list[Run]], *, allow_mixed_code: bool = False,
+                      kept: dict[str, set[str]] | None = None) -> None:
     """Refuse to merge cells that ran with different code (``code_identity``) or with different
-    experiment settings (``SHARED_META``) than the rest of their dataset's cells."""
+    experiment settings (``SHARED_META``) than the rest of their dataset's cells. Cells that
+    ``kept`` keeps (``kept_code``) are exempt from the code check, not from the settings'."""
     runs = [run for rs in groups.values() for run in rs]
     problems = []
     if not allow_mixed_code:
         codes: dict[str, list[str]] = defaultdict(list)
         for run in runs:
-            codes[code_identity(run)].append(run["_path"])
+            if not is_kept(run, kept or {}):
+                codes[code_identity(run)].append(run["_path"])
         if len(codes) > 1:
             problems += [f"code {c}: {len(p)} cell(s), e.g. {p[0]}" for c, p in sorted(codes.items())]
     by_dataset: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
@@ -127,8 +160,9 @@ def check_consistency(groups: dict[Key, list[Run]], *, allow_mixed_code: bool = 
     if problems:
         raise MixedRunsError(
             "these cells do not belong in one table:\n  " + "\n  ".join(problems)
-            + "\nrerun the odd ones with the others' code and settings, or pass --allow-mixed-code "
-            "if only the code differs and you have checked that the change cannot move the numbers"
+            + "\nrerun the odd ones with the others' code and settings, or, if only the code differs and you "
+            f"have checked that the change cannot move their numbers, keep them with a line 'kept <commit> "
+            f"<label>,...' in the table's {PIN_FILE} (or pass --allow-mixed-code)"
         )
 
 
@@ -295,7 +329,7 @@ def collect(dirs: list[Path], *, by_overrides: bool = False, allow_mixed_code: b
     """The table rows, sorted by dataset, partition and method (``MixedRunsError`` for cells that
     do not belong together)."""
     groups = load_runs(dirs, by_overrides=by_overrides)
-    check_consistency(groups, allow_mixed_code=allow_mixed_code)
+    check_consistency(groups, allow_mixed_code=allow_mixed_code, kept=kept_code(dirs))
     keys = sorted(groups, key=lambda k: (k[1], k[2], k[0]))
     return [summarize(k, groups) for k in keys]
 

@@ -21,7 +21,11 @@
 # from a checkout with no uncommitted changes to fedvtc/, conf/ or run_simulation.py). A later
 # sitting whose checkout differs there runs the cells from a temporary worktree of that commit, so
 # work on the method can go on while a table is built. To start a table on new code, use a new OUT
-# (or delete OUT/CODE with the cells).
+# (or delete OUT/CODE with the cells). A change that moves only some methods' numbers (a new default
+# of FedVTC's) needs no new table: put the new commit on CODE's first line and, below it, a line
+# "kept <old commit> <label>,<label>" for the methods it cannot move (check that first, e.g. one
+# seed of each run again into another OUT and benchmarks/same_numbers.py). Their cells resume
+# as finished (same resolved config); the others run again, and compare.py accepts both codes.
 set -euo pipefail
 preset=${1:-cpu}
 shift $(( $# > 0 ? 1 : 0 ))
@@ -58,7 +62,9 @@ if [[ ! -f $pin ]]; then
   git rev-parse HEAD > "$pin"
   echo "table pinned to $(cat "$pin") ($pin)"
 fi
-commit=$(cat "$pin")
+# The first line that is not a comment or a "kept" line (compare.py: cells of earlier code kept).
+commit=$(awk '!/^[[:space:]]*(#|kept[[:space:]]|$)/ {print $1; exit}' "$pin")
+[[ $commit =~ ^[0-9a-f]{7,40}$ ]] || { echo "error: $pin names no commit on its first line; write one (git rev-parse HEAD)" >&2; exit 2; }
 code_dir=$repo
 if ! git diff --quiet "$commit" -- "${code_paths[@]}"; then
   code_dir=$(mktemp -d "${TMPDIR:-/tmp}/fedvtc-table-code.XXXXXX")

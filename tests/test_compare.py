@@ -150,6 +150,41 @@ def test_the_source_fingerprint_lets_parts_of_other_commits_merge(tmp_path: Path
         compare.collect([tmp_path / "part1", tmp_path / "part3"])
 
 
+def test_a_pin_keeps_cells_of_earlier_code_only_for_the_methods_it_names(tmp_path: Path) -> None:
+    """A new FedVTC default: FedVTC's cells run again at the new commit, the baselines' are kept."""
+    old, new = "a" * 40, "b" * 40
+    _write(tmp_path, "algorithm=local", label="local", acc=0.30, commit=old, source="e" * 64)
+    _write(tmp_path, "algorithm=ccvr", label="ccvr", acc=0.31, commit=old, source="e" * 64)
+    _write(tmp_path, "algorithm=fedvtc", acc=0.40, commit=new, source="f" * 64)
+    with pytest.raises(compare.MixedRunsError, match="kept <commit>"):
+        compare.collect([tmp_path])
+    (tmp_path / "CODE").write_text(f"{new}\n# the baselines do not read FedVTC's settings\nkept {old[:12]} local,ccvr\n")
+    assert {r["method"] for r in compare.collect([tmp_path])} == {"local", "ccvr", "fedvtc"}
+    # A FedVTC cell left from the old code is not kept: it has to run again.
+    _write(tmp_path, "algorithm=fedvtc", acc=0.38, seed=1, commit=old, source="e" * 64)
+    with pytest.raises(compare.MixedRunsError, match="seed=1"):
+        compare.collect([tmp_path])
+    (tmp_path / "CODE").write_text(f"{new}\nkept {old}\n")
+    with pytest.raises(compare.MixedRunsError, match="kept <commit> <label>"):
+        compare.collect([tmp_path])
+
+
+def test_same_numbers_tells_a_rerun_that_computed_the_same_from_one_that_did_not(tmp_path: Path) -> None:
+    _write(tmp_path / "table", "algorithm=local", label="local", acc=0.30)
+    _write(tmp_path / "table", "algorithm=ccvr", label="ccvr", acc=0.31)
+    _write(tmp_path / "rerun", "algorithm=local", label="local", acc=0.30, commit="b" * 40)
+    rerun = tmp_path / "rerun" / "algorithm=local,seed=0" / "results.json"
+    results = json.loads(rerun.read_text())
+    results["rounds"][1]["seconds"] = 99.0  # measured, not computed: not compared
+    rerun.write_text(json.dumps(results))
+    script = [sys.executable, str(REPO / "benchmarks" / "same_numbers.py"), str(tmp_path / "table"), str(tmp_path / "rerun")]
+    same = subprocess.run(script, capture_output=True, text=True, timeout=60)
+    assert same.returncode == 0 and "algorithm=local,seed=0: same numbers" in same.stdout, same.stdout + same.stderr
+    _write(tmp_path / "rerun", "algorithm=ccvr", label="ccvr", acc=0.31, curve=[0.31, 0.31, 0.3100001])
+    differs = subprocess.run(script, capture_output=True, text=True, timeout=60)
+    assert differs.returncode == 1 and "differs at rounds[2].global_accuracy" in differs.stdout, differs.stdout
+
+
 def test_each_row_names_the_machines_its_cells_ran_on(tmp_path: Path) -> None:
     """A table built over sittings on other machines says so: a seed's numbers depend on the CPU kind."""
     _write(tmp_path, "algorithm=fedvtc", acc=0.30)

@@ -34,7 +34,8 @@ def test_a_pinned_table_runs_its_cells_from_the_pinned_commit(tmp_path: Path) ->
     git(clone, "commit", "--quiet", "-am", "work on the method")
     out = tmp_path / "table"
     out.mkdir()
-    (out / "CODE").write_text(pinned + "\n")
+    # The pin's first line; the lines after it keep cells of earlier code (compare.py's business).
+    (out / "CODE").write_text(f"{pinned}\n# kept from an earlier code\nkept {'0' * 40} fedproto\n")
 
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "FEDVTC_CACHE_DIR": "off",
            "FEDVTC_DATA_DIR": os.environ.get("FEDVTC_DATA_DIR", str(REPO / "data"))}
