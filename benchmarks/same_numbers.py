@@ -52,14 +52,20 @@ def first_difference(a: Any, b: Any, where: str = "") -> str | None:
     return None if a == b else f"{where}: {a!r} vs {b!r}"
 
 
-def compare_cell(table_cell: Path, rerun_cell: Path) -> str | None:
-    """The first difference between two cells' computed results, or None when they are the same."""
+SAME = "same numbers"
+
+
+def compare_cell(table_cell: Path, rerun_cell: Path) -> str:
+    """``SAME``, or what keeps the cell run again from counting as the same: where it first differs
+    from the table's, or that it has not finished."""
     table, rerun = (json.loads((c / "results.json").read_text()) for c in (table_cell, rerun_cell))
+    if not rerun.get("final"):
+        return "unfinished (not compared)"
     for part in ("rounds", "final"):  # rounds first: the first round that differs says most
         found = first_difference(computed(table.get(part)), computed(rerun.get(part)), part)
         if found:
-            return found
-    return None
+            return f"differs at {found}"
+    return SAME
 
 
 def main() -> int:
@@ -78,9 +84,9 @@ def main() -> int:
             print(f"{cell.name}: no such cell in {args.table}")
             differing += 1
             continue
-        found = compare_cell(twin, cell)
-        differing += found is not None
-        print(f"{cell.name}: {'same numbers' if found is None else 'differs at ' + found}")
+        verdict = compare_cell(twin, cell)
+        differing += verdict != SAME
+        print(f"{cell.name}: {verdict}")
     print(f"{len(cells) - differing} of {len(cells)} cells computed the same numbers")
     return 1 if differing else 0
 
