@@ -113,11 +113,13 @@ PIN_FILE = "CODE"
 
 
 def kept_code(dirs: Iterable[Path]) -> dict[str, set[str]]:
-    """The earlier commits whose cells the pins of ``dirs`` keep, with the method labels kept."""
+    """The earlier commits whose cells the pins of ``dirs`` keep, with the method labels kept. A
+    directory's pin is the nearest ``CODE`` in it or above it (a part of a table, such as
+    ``table_cpu/main``, has its table's)."""
     kept: dict[str, set[str]] = defaultdict(set)
     for root in dirs:
-        pin = root / PIN_FILE
-        if not pin.is_file():
+        pin = next((d / PIN_FILE for d in (root.resolve(), *root.resolve().parents) if (d / PIN_FILE).is_file()), None)
+        if pin is None:
             continue
         for number, line in enumerate(pin.read_text().splitlines(), start=1):
             words = line.split("#", 1)[0].split()

@@ -160,8 +160,13 @@ def test_a_pin_keeps_cells_of_earlier_code_only_for_the_methods_it_names(tmp_pat
         compare.collect([tmp_path])
     (tmp_path / "CODE").write_text(f"{new}\n# the baselines do not read FedVTC's settings\nkept {old[:12]} local,ccvr\n")
     assert {r["method"] for r in compare.collect([tmp_path])} == {"local", "ccvr", "fedvtc"}
+    # A part of the table has the table's pin.
+    (tmp_path / "main").mkdir()
+    for cell in tmp_path.glob("algorithm=*"):
+        cell.rename(tmp_path / "main" / cell.name)
+    assert len(compare.collect([tmp_path / "main"])) == 3
     # A FedVTC cell left from the old code is not kept: it has to run again.
-    _write(tmp_path, "algorithm=fedvtc", acc=0.38, seed=1, commit=old, source="e" * 64)
+    _write(tmp_path / "main", "algorithm=fedvtc", acc=0.38, seed=1, commit=old, source="e" * 64)
     with pytest.raises(compare.MixedRunsError, match="seed=1"):
         compare.collect([tmp_path])
     (tmp_path / "CODE").write_text(f"{new}\nkept {old}\n")
