@@ -556,24 +556,41 @@ def stop_process(proc: Proc, *, grace: float = 10) -> None:
     stop_processes([proc], grace=grace)
 
 
-def kill_process(proc: Proc) -> None:
-    """Lose ``proc`` as a machine failure would: SIGKILL to it and everything it started, with no
-    chance to sign off (a SuperNode killed so stays "online" at the SuperLink until its heartbeat
-    expires)."""
+def _signal_tree(proc: Proc, sig: signal.Signals) -> None:
+    """Send ``sig`` to ``proc``, every process group of its tree and every process of it."""
     table = _ps()
     track([proc], table)
     for pgid in {table[pid][1] for pid in _alive(proc, table)} | {proc.pid}:
         if pgid > 1 and pgid != os.getpgrp():
             try:
-                os.killpg(pgid, signal.SIGKILL)
+                os.killpg(pgid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
     for pid in _alive(proc, _ps()):
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def kill_process(proc: Proc) -> None:
+    """Lose ``proc`` as a machine failure would: SIGKILL to it and everything it started, with no
+    chance to sign off (a SuperNode killed so stays "online" at the SuperLink until its heartbeat
+    expires)."""
+    _signal_tree(proc, signal.SIGKILL)
     proc.popen.wait(timeout=10)
+
+
+def pause_process(proc: Proc) -> None:
+    """Freeze ``proc`` and everything it started (SIGSTOP), as a machine that stalls would be. A
+    SuperNode frozen for less than its heartbeat patience (2 x 30 s in Flower 1.42) stays online
+    at the SuperLink and goes on where it was after ``resume_process``."""
+    _signal_tree(proc, signal.SIGSTOP)
+
+
+def resume_process(proc: Proc) -> None:
+    """Let a process tree frozen by ``pause_process`` run again (SIGCONT)."""
+    _signal_tree(proc, signal.SIGCONT)
 
 
 def stop_processes(procs: Sequence[Proc], *, grace: float = 10) -> None:
@@ -594,6 +611,8 @@ def stop_processes(procs: Sequence[Proc], *, grace: float = 10) -> None:
         for pid in left:
             try:
                 os.kill(pid, sig)
+                if sig == signal.SIGTERM:  # a frozen process (pause_process) handles it only once let run
+                    os.kill(pid, signal.SIGCONT)
             except (ProcessLookupError, PermissionError):
                 pass
         deadline = time.monotonic() + wait

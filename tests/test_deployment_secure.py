@@ -30,14 +30,26 @@ def secure_run(flower_env: dict[str, str], data_dir: Path, tmp_path_factory: pyt
         out.intruder = D.start_supernode(dep, 0, 2, data_dir=data_dir, private_key=dep.node_key(2),
                                          state_dir=dep.workdir / "state" / "intruder", name="unregistered")
         run = D.start_run(dep, OVERRIDES)
-        # Round 1 done for node 1: it replied to the train and the evaluate message.
-        D.wait_for_log(nodes[1], "Sent successfully", count=2, timeout=RUN_TIMEOUT)
-        out.state_before = sorted((dep.state_dir(1)).glob("run-*/client_1.pt"))
-        D.stop_process(nodes[1])
-        out.first_exit = nodes[1].popen.returncode
-        # Retried while the SuperLink still counts the stopped node as online (it may not have
-        # signed off in time on a busy machine).
-        restarted = D.restart_supernode(dep, 1, 2, data_dir=data_dir)
+        # Node 0 is frozen from its round-1 train reply until node 1 is back, so that round 1
+        # cannot end (and round 2 cannot be sent) while node 1 is away: otherwise, where node 0
+        # is quick, round 2 may go to node 1 in the seconds before it signs off, and Flower
+        # answers "Node Unavailable" for it. Node 0 cannot have answered its evaluate message by
+        # then: a SuperNode waits 3 s between empty pulls, and the message is sent only after
+        # both train replies were collected.
+        D.wait_for_log(nodes[0], "Sent successfully", count=1, timeout=RUN_TIMEOUT)
+        D.pause_process(nodes[0])
+        try:
+            out.node0_replies_when_frozen = nodes[0].log.read_text(errors="replace").count("Sent successfully")
+            # Round 1 done for node 1: it replied to the train and the evaluate message.
+            D.wait_for_log(nodes[1], "Sent successfully", count=2, timeout=RUN_TIMEOUT)
+            out.state_before = sorted((dep.state_dir(1)).glob("run-*/client_1.pt"))
+            D.stop_process(nodes[1])
+            out.first_exit = nodes[1].popen.returncode
+            # Retried while the SuperLink still counts the stopped node as online (it may not
+            # have signed off in time on a busy machine).
+            restarted = D.restart_supernode(dep, 1, 2, data_dir=data_dir)
+        finally:
+            D.resume_process(nodes[0])
         out.status = D.wait_run(dep, run, timeout=RUN_TIMEOUT, watch=[dep.procs[0], nodes[0], restarted])
         out.restarted_log = restarted.log.read_text()
         listed = D.flwr_cli(dep, ["supernode", "list", D.CONNECTION, "--format", "json"])
@@ -76,15 +88,15 @@ def test_unregistered_supernode_is_refused(secure_run: SimpleNamespace) -> None:
 
 @pytest.mark.slow
 def test_restarted_supernode_rejoins_with_its_state(secure_run: SimpleNamespace, simulated: dict) -> None:
-    """(d) SuperNode 1 stopped after its round-1 replies and restarted: it gets the same node id (its
-    key is registered), round 2 waits for it (the strategy samples all clients), and the run
-    completes with both clients in the final entry.
+    """(d) SuperNode 1 stopped after its round-1 replies and restarted (node 0 frozen meanwhile, so
+    that round 2 is sent only once it is back): it gets the same node id (its key is registered), and
+    the run completes with both clients in round 2 and in the final entry.
 
     Its round-1 evaluate reply may be lost: Flower 1.42 answers "Node Unavailable" for a message
     whose node is offline when the ServerApp collects the reply, even if the reply had arrived. Round
-    2 is then the undisturbed run's (the simulation of the same config) exactly, which needs the restarted client's saved round-1 model,
-    generator and optimizer state (unless the node had already pulled its round-2 message when it
-    was stopped, a narrow race; then round 2 has a failure and only completion is checked)."""
+    2 is the undisturbed run's (the simulation of the same config) exactly, which needs the
+    restarted client's saved round-1 model, generator and optimizer state."""
+    assert secure_run.node0_replies_when_frozen == 1, "node 0 had answered round 1's evaluate before it was frozen"
     assert secure_run.state_before, "node 1 had saved no state before it was stopped"
     assert secure_run.status == "finished:completed"
     assert f"SuperNode ID: {secure_run.node_ids[1]}" in secure_run.restarted_log
@@ -93,7 +105,7 @@ def test_restarted_supernode_rejoins_with_its_state(secure_run: SimpleNamespace,
     assert [c["cid"] for c in results["final"]["clients"]] == [0, 1]
     assert results["rounds"][0]["accepted"] == 2  # round-1 uploads arrived before the stop
     second = results["rounds"][1]
-    if (second["accepted"], second["failures"]) == (2, 0):
-        assert round_metrics(results)[1] == round_metrics(simulated)[1]
-        assert results["final"]["clients"] == simulated["final"]["clients"]
+    assert (second["accepted"], second["failures"]) == (2, 0)
+    assert round_metrics(results)[1] == round_metrics(simulated)[1]
+    assert results["final"]["clients"] == simulated["final"]["clients"]
     assert secure_run.left == []
