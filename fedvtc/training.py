@@ -281,13 +281,15 @@ def synthesize(
     generator: torch.Generator,
     batch_size: int = 512,
     noise_scale: float = 1.0,
+    classes: torch.Tensor | None = None,
 ) -> ImageSet:
-    """``per_class`` labelled synthetic images of every global class, decoded in eval mode.
+    """``per_class`` labelled synthetic images of each of ``classes`` (default: every global class),
+    decoded in eval mode.
 
     ``noise_scale`` scales each latent's deviation from its class mean (``sample_latents``).
     """
     vtc.eval()
-    labels = target.classes.repeat_interleave(per_class)
+    labels = (target.classes if classes is None else classes.to(target.means.device)).repeat_interleave(per_class)
     latents = sample_latents(target.means, target.second, labels, generator=generator, scale=noise_scale)
     images = torch.cat([vtc(chunk) for chunk in latents.split(batch_size)]) if len(labels) else None
     if images is None:

@@ -126,3 +126,28 @@ def test_an_adapter_trains_on_the_client_and_is_never_sent(data_dir: Path, tmp_p
     assert not torch.equal(adapter["weight"], torch.eye(settings.feature_dim))  # it trained
     resumed = FedVTCClient(0, settings)
     torch.testing.assert_close(resumed.adapter.weight, adapter["weight"])
+
+
+def test_synthesis_of_missing_classes_only(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """``synthesis.classes=missing``: a client synthesizes the global classes it holds no image of,
+    and only those; a round with it runs through fine-tuning."""
+    from fedvtc.training import GlobalGaussians, synthesize
+
+    monkeypatch.setenv("FEDVTC_DATA_DIR", str(data_dir))
+    settings = build_settings(compose_config([*OVERRIDES, "algorithm.synthesis.classes=missing"]),
+                              output_dir=tmp_path)
+    client = FedVTCClient(0, settings)
+    held = set(np.unique(client.train_data.y.numpy()).tolist())
+    assert 0 < len(held) < 10  # the debug partition is skewed, so client 0 lacks some classes
+    p = settings.feature_dim
+    target = GlobalGaussians(present=torch.ones(10, dtype=torch.bool), means=torch.zeros(10, p),
+                             variances=torch.ones(10, p), second=torch.ones(10, p))
+    classes = client._synthesis_classes(target)
+    assert set(classes.tolist()) == set(range(10)) - held
+    images = synthesize(client.decoder, target, per_class=3, classes=classes, generator=torch.Generator())
+    assert images.y.tolist() == classes.repeat_interleave(3).tolist()
+
+    uploads = [_fit(settings, cid, encode(Payload()), 1) for cid in range(2)]
+    pooled = pool_statistics([decode(u[0], num_classes=10, feature_dim=p).stats for u in uploads])
+    _, _, metrics = _fit(settings, 0, encode(Payload(pooled)), 2)
+    assert metrics["time_synthesis"] > 0 and metrics["time_finetune"] > 0

@@ -42,6 +42,7 @@ from fedvtc.training import (
 from fedvtc.vtc import VTC, load_shared_arrays, shared_arrays, shared_shapes
 
 SCHEDULES = ("every_round", "final", "off")
+SYNTHESIS_CLASSES = ("all", "missing")
 FINETUNE_DATA = ("mix", "synthetic", "real")
 
 
@@ -90,6 +91,10 @@ class SynthesisSettings:
     # Scale of each latent's deviation from its class mean (1 = the pooled Gaussian; smaller =
     # less diverse images of one class).
     noise_scale: float = 1.0
+    # Which global classes get synthetic images: "all" (METHOD.md §2) or "missing", those with no
+    # image in this client's training set, so that the classes it holds are fine-tuned on its own
+    # sharp images alone and not also on the decoder's smooth class templates.
+    classes: str = "all"
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,7 @@ class FedVTCSettings:
             "covariance": (self.covariance, ("diag", "full")),
             "kl_reduction": (self.kl_reduction, ("sum", "mean")),
             "finetune.data": (self.finetune.data, FINETUNE_DATA),
+            "synthesis.classes": (self.synthesis.classes, SYNTHESIS_CLASSES),
             "finetune.scope": (self.finetune.scope, ("full", "head")),
             "finetune.norm_stats": (self.finetune.norm_stats, NORM_STATS),
             "vtc.dm_space": (self.vtc.dm_space, DM_SPACES),
@@ -342,10 +348,11 @@ class FedVTCClient(HeteroClient):
         key = (self.s.seed, self.cid, server_round)
         train = self._on_device(self.train_data)
         synthetic = None
-        if a.finetune.data != "real":
+        classes = self._synthesis_classes(target)
+        if a.finetune.data != "real" and len(classes):
             with self.timer("synthesis"):
                 synthetic = synthesize(
-                    self.decoder, target, per_class=a.synthesis.per_class,
+                    self.decoder, target, per_class=a.synthesis.per_class, classes=classes,
                     generator=torch_generator(*key, SYNTHESIS), noise_scale=a.synthesis.noise_scale,
                 )
             self._score_synthetic(synthetic)
@@ -355,8 +362,10 @@ class FedVTCClient(HeteroClient):
                     Path(self.s.output_dir) / f"synthetic_client{self.cid}.png",
                     per_class=self.s.output.synthetic_grid_per_class,
                 )
+        if synthetic is None and a.finetune.data == "synthetic":
+            return  # synthesis.classes=missing on a client that holds every class: nothing to learn
         data = {
-            "mix": lambda: _concat(train, synthetic),
+            "mix": lambda: train if synthetic is None else _concat(train, synthetic),
             "synthetic": lambda: synthetic,
             "real": lambda: train,
         }[a.finetune.data]()
@@ -366,6 +375,14 @@ class FedVTCClient(HeteroClient):
                 batch_size=self.s.train.batch_size, generator=torch_generator(*key, FINETUNE),
                 scope=a.finetune.scope, grad_clip=self.s.train.grad_clip, norm_stats=a.finetune.norm_stats,
             )
+
+    def _synthesis_classes(self, target: GlobalGaussians) -> torch.Tensor:
+        """The global classes to synthesize this round (``synthesis.classes``)."""
+        classes = target.classes
+        if self.s.algorithm.synthesis.classes == "missing":
+            held = torch.as_tensor(np.unique(self.train_data.y.numpy()), device=classes.device)
+            classes = classes[~torch.isin(classes, held)]
+        return classes
 
     def _score_synthetic(self, synthetic: ImageSet) -> None:
         """Let the run's reference classifier judge the synthetic images (when the run has one)."""
