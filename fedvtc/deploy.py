@@ -556,28 +556,34 @@ def stop_process(proc: Proc, *, grace: float = 10) -> None:
     stop_processes([proc], grace=grace)
 
 
-def _signal_tree(proc: Proc, sig: signal.Signals) -> None:
-    """Send ``sig`` to ``proc``, every process group of its tree and every process of it."""
+def _signal_trees(procs: Sequence[Proc], sig: signal.Signals, *, then_continue: bool = False) -> list[int]:
+    """Send ``sig`` to every process group and every process of the trees of ``procs``; with
+    ``then_continue``, SIGCONT after it to each process (a frozen one handles SIGTERM only once let
+    run). Returns the processes that were alive."""
     table = _ps()
-    track([proc], table)
-    for pgid in {table[pid][1] for pid in _alive(proc, table)} | {proc.pid}:
+    track(procs, table)
+    alive = [pid for proc in procs for pid in _alive(proc, table)]
+    for pgid in {table[pid][1] for pid in alive} | {p.pid for p in procs}:
         if pgid > 1 and pgid != os.getpgrp():
             try:
                 os.killpg(pgid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
-    for pid in _alive(proc, _ps()):
+    for pid in alive:
         try:
             os.kill(pid, sig)
+            if then_continue:
+                os.kill(pid, signal.SIGCONT)
         except (ProcessLookupError, PermissionError):
             pass
+    return alive
 
 
 def kill_process(proc: Proc) -> None:
     """Lose ``proc`` as a machine failure would: SIGKILL to it and everything it started, with no
     chance to sign off (a SuperNode killed so stays "online" at the SuperLink until its heartbeat
     expires)."""
-    _signal_tree(proc, signal.SIGKILL)
+    _signal_trees([proc], signal.SIGKILL)
     proc.popen.wait(timeout=10)
 
 
@@ -585,36 +591,21 @@ def pause_process(proc: Proc) -> None:
     """Freeze ``proc`` and everything it started (SIGSTOP), as a machine that stalls would be. A
     SuperNode frozen for less than its heartbeat patience (2 x 30 s in Flower 1.42) stays online
     at the SuperLink and goes on where it was after ``resume_process``."""
-    _signal_tree(proc, signal.SIGSTOP)
+    _signal_trees([proc], signal.SIGSTOP)
 
 
 def resume_process(proc: Proc) -> None:
     """Let a process tree frozen by ``pause_process`` run again (SIGCONT)."""
-    _signal_tree(proc, signal.SIGCONT)
+    _signal_trees([proc], signal.SIGCONT)
 
 
 def stop_processes(procs: Sequence[Proc], *, grace: float = 10) -> None:
     """Stop several process trees at once: SIGTERM to every process group and process of theirs,
     wait up to ``grace`` seconds, then SIGKILL to whatever is left."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
-        table = _ps()
-        track(procs, table)
-        left = [pid for proc in procs for pid in _alive(proc, table)]
+        left = _signal_trees(procs, sig, then_continue=sig == signal.SIGTERM)
         if not left:
             break
-        for pgid in {table[pid][1] for pid in left} | {p.pid for p in procs}:
-            if pgid > 1 and pgid != os.getpgrp():
-                try:
-                    os.killpg(pgid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        for pid in left:
-            try:
-                os.kill(pid, sig)
-                if sig == signal.SIGTERM:  # a frozen process (pause_process) handles it only once let run
-                    os.kill(pid, signal.SIGCONT)
-            except (ProcessLookupError, PermissionError):
-                pass
         deadline = time.monotonic() + wait
         while left and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import pytest
 
@@ -51,6 +52,43 @@ def test_deployment_processes_poll_for_work_quickly_unless_told_otherwise(tmp_pa
     assert D.flower_env(tmp_path)[D.SUPEREXEC_POLL_ENV] == "0.1"
     monkeypatch.setenv(D.SUPEREXEC_POLL_ENV, "2.5")
     assert D.flower_env(tmp_path)[D.SUPEREXEC_POLL_ENV] == "2.5"
+
+
+def test_a_process_tree_is_frozen_let_run_and_stopped_whole(tmp_path: Path) -> None:
+    """pause_process freezes every process of a tree, resume_process lets them run, and
+    stop_processes ends a frozen tree too (its SIGTERM is followed by SIGCONT), a child that left
+    the leader's process group included."""
+    dep = D.Deployment(workdir=tmp_path)
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    proc = D.start_process(dep, "tree", ["bash", "-c", "setsid sleep 300 & sleep 300 & wait"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        D.track([proc])
+        if len(D._alive(proc, D._ps())) == 3:
+            break
+        time.sleep(0.1)
+    pids = D._alive(proc, D._ps())
+    assert len(pids) == 3
+
+    def states_become(wanted: Callable[[set[str]], bool]) -> bool:
+        # A signal takes effect when the kernel next schedules the process: poll briefly.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            table = D._ps()
+            if wanted({table[pid][2][0] for pid in pids}):
+                return True
+            time.sleep(0.05)
+        return False
+
+    D.pause_process(proc)
+    assert states_become(lambda states: states == {"T"})
+    D.resume_process(proc)
+    assert states_become(lambda states: "T" not in states)
+    D.pause_process(proc)
+    started = time.monotonic()
+    D.stop_processes([proc], grace=5)
+    assert D._alive(proc, D._ps()) == [] and not proc.alive()
+    assert time.monotonic() - started < 5  # ended by its SIGTERM, not by the SIGKILL after the grace
 
 
 def test_the_fab_carries_only_the_package_and_its_configs() -> None:
