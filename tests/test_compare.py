@@ -200,3 +200,28 @@ def test_each_row_names_the_machines_its_cells_ran_on(tmp_path: Path) -> None:
     rows = {r["method"]: r for r in compare.collect([tmp_path])}
     assert rows["fedvtc"]["machine"] == "AMD EPYC (AVX512) ×2, Intel Xeon (AVX512) ×1"
     assert rows["local"]["machine"] == "Intel Xeon (AVX512) ×1, unknown ×1"
+
+
+def test_paired_readings_pairs_validation_accuracy_seed_by_seed(tmp_path: Path) -> None:
+    """benchmarks/paired_readings.py: per reading its validation columns, and the paired per-seed
+    difference against the chosen reading and against training alone (seeds only one side has drop out)."""
+    def cell(name: str, seed: int, val: float, held: float, missing: float) -> None:
+        run = tmp_path / f"{name},seed={seed}"
+        run.mkdir()
+        final = {"validation_accuracy": val, "validation_accuracy_held": held, "validation_accuracy_missing": missing}
+        (run / "results.json").write_text(json.dumps(
+            {"meta": {"seed": seed}, "final": final, "rounds": [{"synthetic_accuracy_missing": 0.5}]}))
+
+    for seed, (a, b, local) in enumerate([(0.40, 0.43, 0.30), (0.36, 0.37, 0.28)]):
+        cell("algorithm.x=all,algorithm=fedvtc", seed, a, 0.7, 0.1)
+        cell("algorithm.x=missing,algorithm=fedvtc", seed, b, 0.8, 0.1)
+        cell("algorithm=local", seed, local, 0.8, 0.0)
+    cell("algorithm=local", 2, 0.5, 0.8, 0.0)  # no partner in the other readings
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "paired_readings.py"), str(tmp_path),
+                           "--against", "algorithm.x=all,algorithm=fedvtc"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| algorithm.x=missing"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:5] == ["0,1", "40.0 ± 4.2", "80.0 ± 0.0", "10.0 ± 0.0"]
+    assert cells[6] == "+2.0 ± 1.4 (+3.0, +1.0)"  # against classes=all, seed by seed
+    assert cells[7] == "+11.0 ± 2.8 (+13.0, +9.0)"  # against training alone; its seed 2 is unpaired
