@@ -93,7 +93,8 @@ class SynthesisSettings:
     noise_scale: float = 1.0
     # Which global classes get synthetic images: "all" (METHOD.md §2) or "missing", those with no
     # image in this client's training set, so that the classes it holds are fine-tuned on its own
-    # sharp images alone and not also on the decoder's smooth class templates.
+    # sharp images alone. "all" stays: with "missing" the client learns "synthetic = a class I
+    # lack" and loses on every seed (RESULTS.md §1).
     classes: str = "all"
 
 
