@@ -301,6 +301,39 @@ class ImageSet:
         return ImageSet(self.x[index], self.y[index])
 
 
+def class_mean_images(pool: ImageSet, classes: torch.Tensor, *, per_class: int) -> ImageSet:
+    """``per_class`` copies of each class's mean image in ``pool`` (labelled), for ``classes`` in order.
+
+    The best one template per class can be (in the mean-squared sense): what an averaged decoder
+    that keeps only the class means would draw at most. Raises ValueError for a class ``pool`` lacks.
+    """
+    means = []
+    for c in classes.tolist():
+        members = pool.x[pool.y == c]
+        if len(members) == 0:
+            raise ValueError(f"class {c} has no image in the pool to average")
+        means.append(members.mean(dim=0, keepdim=True).expand(per_class, *members.shape[1:]))
+    labels = classes.cpu().long().repeat_interleave(per_class)
+    return ImageSet(torch.cat(means).contiguous(), labels)
+
+
+def sample_class_images(pool: ImageSet, classes: torch.Tensor, *, per_class: int, generator: torch.Generator) -> ImageSet:
+    """``per_class`` images of each of ``classes`` drawn from ``pool`` (without replacement where the
+    class has enough), labelled, in the order of ``classes``: what a perfect generator of the pooled
+    class distributions would give. Raises ValueError for a class ``pool`` lacks."""
+    chosen = []
+    for c in classes.tolist():
+        members = torch.nonzero(pool.y == c).flatten()
+        if len(members) == 0:
+            raise ValueError(f"class {c} has no image in the pool to draw from")
+        if len(members) >= per_class:
+            pick = torch.randperm(len(members), generator=generator)[:per_class]
+        else:
+            pick = torch.randint(len(members), (per_class,), generator=generator)
+        chosen.append(members[pick])
+    return pool.subset(torch.cat(chosen))
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------

@@ -184,8 +184,8 @@ def client_data(s: RunSettings, cid: int) -> tuple[ImageSet, ImageSet]:
     return train.subset(split.train[cid]), train.subset(split.test[cid])
 
 
-# The evaluation sets, made once per process (every client of a Ray actor evaluates on them every
-# round): shared with every caller, so treat them as read-only.
+# The evaluation sets (and the oracles' pool), made once per process (every client of a Ray actor
+# evaluates on them every round): shared with every caller, so treat them as read-only.
 _EVAL_SETS: dict[tuple, ImageSet | None] = {}
 
 
@@ -210,4 +210,17 @@ def global_test_set(s: RunSettings) -> ImageSet:
     if key not in _EVAL_SETS:
         rng = numpy_rng(s.seed, EVAL_SUBSET)
         _EVAL_SETS[key] = test.subset(np.sort(rng.choice(len(test), n, replace=False)))
+    return _EVAL_SETS[key]  # type: ignore[return-value]
+
+
+def training_pool(s: RunSettings) -> ImageSet:
+    """Every client's local training images together (no local test, validation or test image).
+
+    Only the oracle controls of ``algorithm.synthesis.source`` read it: a client of a real
+    federation never sees another client's images. Made once per process; treat it as read-only.
+    """
+    key = ("pool", *_split_key(s))
+    if key not in _EVAL_SETS:
+        train, _ = load_dataset(s.dataset, s.data_dir)
+        _EVAL_SETS[key] = train.subset(np.sort(np.concatenate(federated_split(s).train)))
     return _EVAL_SETS[key]  # type: ignore[return-value]

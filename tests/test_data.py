@@ -16,6 +16,8 @@ from fedvtc.data import (
     DatasetNotFoundError,
     DatasetSpec,
     ImageSet,
+    class_mean_images,
+    sample_class_images,
     clear_dataset_cache,
     load_dataset,
     to_unit_pixels,
@@ -155,6 +157,35 @@ def test_image_set_subset() -> None:
     assert len(data.subset(np.array([], dtype=np.int64))) == 0
     with pytest.raises(ValueError):
         ImageSet(torch.zeros(3, 1, 2, 2), torch.zeros(2, dtype=torch.int64))
+
+
+def _labelled_pool() -> ImageSet:
+    """Six 1x2x2 images: three of class 0 (values 0, 1, 2), two of class 2 (10, 20), one of class 5."""
+    values = torch.tensor([0.0, 10.0, 1.0, 7.0, 20.0, 2.0])
+    return ImageSet(values.view(6, 1, 1, 1).expand(6, 1, 2, 2).clone(), torch.tensor([0, 2, 0, 5, 2, 0]))
+
+
+def test_class_mean_images_are_each_class_mean_repeated() -> None:
+    images = class_mean_images(_labelled_pool(), torch.tensor([2, 0]), per_class=3)
+    assert images.y.tolist() == [2, 2, 2, 0, 0, 0]
+    assert images.x[:, 0, 0, 0].tolist() == [15.0] * 3 + [1.0] * 3
+    with pytest.raises(ValueError, match="class 4"):
+        class_mean_images(_labelled_pool(), torch.tensor([4]), per_class=1)
+
+
+def test_sample_class_images_draws_members_of_each_class() -> None:
+    pool = _labelled_pool()
+    members = {0: {0.0, 1.0, 2.0}, 2: {10.0, 20.0}, 5: {7.0}}
+    images = sample_class_images(pool, torch.tensor([0, 2, 5]), per_class=2, generator=torch.Generator().manual_seed(3))
+    assert images.y.tolist() == [0, 0, 2, 2, 5, 5]
+    values = images.x[:, 0, 0, 0].tolist()
+    for label, value in zip(images.y.tolist(), values):
+        assert value in members[label]
+    assert len(set(values[:2])) == 2 and set(values[2:4]) == {10.0, 20.0}  # without replacement when it can
+    again = sample_class_images(pool, torch.tensor([0, 2, 5]), per_class=2, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(images.x, again.x)  # the generator decides the draw
+    with pytest.raises(ValueError, match="class 1"):
+        sample_class_images(pool, torch.tensor([1]), per_class=1, generator=torch.Generator())
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "cifar100", "tinyimagenet"])

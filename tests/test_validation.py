@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fedvtc.config import build_settings
-from fedvtc.federated_data import _SPLITS, federated_split, validation_indices, validation_set
+from fedvtc.federated_data import _SPLITS, federated_split, training_pool, validation_indices, validation_set
 from fedvtc.reference import synthetic_accuracy
 from fedvtc.results import ResultsRecorder
 from fedvtc.training import group_accuracies
@@ -64,6 +64,22 @@ def test_validation_split_is_disjoint_and_shared_by_every_algorithm_and_seed(tmp
 
     train, _ = load_dataset(runs[0].dataset, runs[0].data_dir)
     assert torch.equal(val.x, train.x[torch.as_tensor(splits[0].validation)])
+
+
+def test_the_oracles_pool_is_every_clients_training_images_and_nothing_else(tmp_path: Path, data_dir: Path) -> None:
+    _SPLITS.clear()
+    s = _settings(tmp_path, data_dir, "eval.validation=500")
+    split = federated_split(s)
+    pool = training_pool(s)
+    from fedvtc.data import load_dataset
+
+    train, _ = load_dataset(s.dataset, s.data_dir)
+    expected = np.sort(np.concatenate(split.train))
+    assert torch.equal(pool.x, train.x[torch.as_tensor(expected)])
+    assert torch.equal(pool.y, train.y[torch.as_tensor(expected)])
+    # Not one local test or validation image (those judge the clients).
+    assert len(np.intersect1d(expected, np.concatenate([*split.test, split.validation]))) == 0
+    assert training_pool(s) is pool  # made once per process
 
 
 def test_no_validation_leaves_the_split_as_it_was(tmp_path: Path, data_dir: Path) -> None:

@@ -20,7 +20,8 @@ import torch
 from fedvtc.averaging import weighted_average
 from fedvtc.client import HeteroClient, LazyOptimizer
 from fedvtc.settings import ConfigError, RunSettings
-from fedvtc.data import ImageSet
+from fedvtc.data import ImageSet, class_mean_images, sample_class_images
+from fedvtc.federated_data import training_pool
 from fedvtc.payload import Payload, PayloadError, decode
 from fedvtc.plots import save_class_grid
 from fedvtc.reference import load_reference, synthetic_accuracy
@@ -43,6 +44,11 @@ from fedvtc.vtc import VTC, load_shared_arrays, shared_arrays, shared_shapes
 
 SCHEDULES = ("every_round", "final", "off")
 SYNTHESIS_CLASSES = ("all", "missing")
+# Where the fine-tuning images of the pooled classes come from: the VTC (the method), or one of two
+# oracle controls that read the other clients' training images, which no federation can: each class's
+# mean image (the best a one-template-per-class decoder could draw) or real images drawn from the
+# pool (a perfect generator). They bound what a better decoder could add (RESULTS.md §1).
+SYNTHESIS_SOURCES = ("vtc", "oracle_mean", "oracle_images")
 FINETUNE_DATA = ("mix", "synthetic", "real")
 
 
@@ -96,6 +102,8 @@ class SynthesisSettings:
     # sharp images alone. "all" stays: with "missing" the client learns "synthetic = a class I
     # lack" and loses on every seed (RESULTS.md §1).
     classes: str = "all"
+    # "vtc" (the method) or an oracle control: "oracle_mean" | "oracle_images" (SYNTHESIS_SOURCES).
+    source: str = "vtc"
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,7 @@ class FedVTCSettings:
             "kl_reduction": (self.kl_reduction, ("sum", "mean")),
             "finetune.data": (self.finetune.data, FINETUNE_DATA),
             "synthesis.classes": (self.synthesis.classes, SYNTHESIS_CLASSES),
+            "synthesis.source": (self.synthesis.source, SYNTHESIS_SOURCES),
             "finetune.scope": (self.finetune.scope, ("full", "head")),
             "finetune.norm_stats": (self.finetune.norm_stats, NORM_STATS),
             "vtc.dm_space": (self.vtc.dm_space, DM_SPACES),
@@ -322,13 +331,17 @@ class FedVTCClient(HeteroClient):
         if a.finetune.data == "real":  # the control: the same fine-tuning, no generator to train
             self._synthesize_and_finetune(target, server_round, num_rounds)
             return
+        # The oracles draw without a decoder, in the rounds the VTC's images would be used.
+        train_decoder = a.synthesis.source == "vtc"
         if a.vtc.synthesize_from == "local" or not a.shared_vtc:  # a private VTC has no average
-            self._train_vtc(target, server_round)
+            if train_decoder:
+                self._train_vtc(target, server_round)
             self._synthesize_and_finetune(target, server_round, num_rounds)
             return
         if server_round > a.vtc.start_round:
             self._synthesize_and_finetune(target, server_round, num_rounds)
-        self._train_vtc(target, server_round)
+        if train_decoder:
+            self._train_vtc(target, server_round)
 
     def _train_vtc(self, target: GlobalGaussians, server_round: int) -> None:
         a: FedVTCSettings = self.s.algorithm
@@ -352,10 +365,7 @@ class FedVTCClient(HeteroClient):
         classes = self._synthesis_classes(target)
         if a.finetune.data != "real" and len(classes):
             with self.timer("synthesis"):
-                synthetic = synthesize(
-                    self.decoder, target, per_class=a.synthesis.per_class, classes=classes,
-                    generator=torch_generator(*key, SYNTHESIS), noise_scale=a.synthesis.noise_scale,
-                )
+                synthetic = self._draw_synthetic(target, classes, torch_generator(*key, SYNTHESIS))
             self._score_synthetic(synthetic)
             if self._wants_grid(server_round, num_rounds):
                 save_class_grid(
@@ -376,6 +386,17 @@ class FedVTCClient(HeteroClient):
                 batch_size=self.s.train.batch_size, generator=torch_generator(*key, FINETUNE),
                 scope=a.finetune.scope, grad_clip=self.s.train.grad_clip, norm_stats=a.finetune.norm_stats,
             )
+
+    def _draw_synthetic(self, target: GlobalGaussians, classes: torch.Tensor, generator: torch.Generator) -> ImageSet:
+        """The round's labelled images of ``classes``, from the VTC or the oracle of ``synthesis.source``."""
+        syn = self.s.algorithm.synthesis
+        if syn.source == "vtc":
+            return synthesize(self.decoder, target, per_class=syn.per_class, classes=classes,
+                              generator=generator, noise_scale=syn.noise_scale)
+        pool = training_pool(self.s)
+        if syn.source == "oracle_mean":
+            return class_mean_images(pool, classes, per_class=syn.per_class)
+        return sample_class_images(pool, classes, per_class=syn.per_class, generator=generator)
 
     def _synthesis_classes(self, target: GlobalGaussians) -> torch.Tensor:
         """The global classes to synthesize this round (``synthesis.classes``)."""
