@@ -197,6 +197,7 @@ def train_vtc(
     encoder_optimizer: torch.optim.Optimizer | None = None,
     encoder_weight: float = 1.0,
     train_noise: float = 1.0,
+    style_beta: float = 1.0,
 ) -> dict[str, float]:
     """Train the VTC with the classifier frozen: reconstruction + dm_weight * distribution matching.
 
@@ -212,7 +213,12 @@ def train_vtc(
     ``encoder_weight``, also trains the extractor g as the encoder, one step of that optimizer per
     VTC step; the DM term never reaches g (it would let g chase the decoder's images).
 
-    Returns the mean reconstruction and DM losses over the steps.
+    A VTC with a style code (``vtc.style_dim`` > 0) decodes (v, u) with u ~ q(u | x) from its style
+    encoder, and adds ``style_beta`` * KL(q(u | x) || N(0, I)) per pixel, doubled so that
+    ``style_beta`` = 1 is the ELBO of a unit-variance Gaussian likelihood on the normalized pixels
+    (the MSE is its per-pixel mean); DM draws u from the prior.
+
+    Returns the mean reconstruction, DM and style-KL losses over the steps.
     """
     if dm_space not in DM_SPACES:
         raise ValueError(f"dm_space must be one of {DM_SPACES}, got {dm_space!r}")
@@ -224,7 +230,8 @@ def train_vtc(
     params = [p for p in vtc.parameters()]
     stds = target.variances.sqrt()
     dm_labels = target.classes.repeat_interleave(dm_per_class)
-    rec_sum = dm_sum = 0.0
+    style_dim = getattr(vtc, "style_dim", 0)
+    rec_sum = dm_sum = style_kl_sum = 0.0
     try:
         done = 0
         while done < steps:
@@ -241,14 +248,23 @@ def train_vtc(
                 noise = torch.randn(z.shape, generator=generator).to(device)  # drawn at any scale: same stream
                 if train_noise != 1.0:
                     noise = noise * train_noise
-                rec = F.mse_loss(vtc(z + noise * stds[y]), x)
+                if style_dim:
+                    mu, logvar = vtc.encode_style(x)
+                    eps = torch.randn(mu.shape, generator=generator).to(device)
+                    rec = F.mse_loss(vtc(z + noise * stds[y], mu + eps * (0.5 * logvar).exp()), x)
+                    style_kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(1).mean()
+                    loss = rec + style_beta * 2 * style_kl / x[0].numel()
+                    style_kl_sum += float(style_kl.detach())
+                else:
+                    loss = rec = F.mse_loss(vtc(z + noise * stds[y]), x)
                 # Backward now, while the encoder (if it trains) still takes gradients; the DM
                 # term below is backpropagated with it frozen, so it reaches the VTC alone.
-                rec.backward()
+                loss.backward()
                 model.extractor.requires_grad_(False)
                 if dm_weight > 0 and len(dm_labels) > 0:
                     latents = sample_latents(target.means, target.second, dm_labels, generator=generator)
-                    features = model.forward_features(vtc(latents))
+                    style = torch.randn(len(latents), style_dim, generator=generator).to(device) if style_dim else None
+                    features = model.forward_features(vtc(latents) if style is None else vtc(latents, style))
                     if dm_space == "features":
                         dm = dm_loss(features, dm_labels, target.means, stds)
                     else:
@@ -269,7 +285,10 @@ def train_vtc(
                 done += 1
     finally:
         model.requires_grad_(True)
-    return {"vtc_rec_loss": rec_sum / max(steps, 1), "vtc_dm_loss": dm_sum / max(steps, 1)}
+    losses = {"vtc_rec_loss": rec_sum / max(steps, 1), "vtc_dm_loss": dm_sum / max(steps, 1)}
+    if style_dim:
+        losses["vtc_style_kl"] = style_kl_sum / max(steps, 1)
+    return losses
 
 
 @torch.no_grad()
@@ -286,12 +305,19 @@ def synthesize(
     """``per_class`` labelled synthetic images of each of ``classes`` (default: every global class),
     decoded in eval mode.
 
-    ``noise_scale`` scales each latent's deviation from its class mean (``sample_latents``).
+    ``noise_scale`` scales each latent's deviation from its class mean (``sample_latents``). A VTC
+    with a style code draws each image's code from its prior N(0, I), after the latents.
     """
     vtc.eval()
     labels = (target.classes if classes is None else classes.to(target.means.device)).repeat_interleave(per_class)
     latents = sample_latents(target.means, target.second, labels, generator=generator, scale=noise_scale)
-    images = torch.cat([vtc(chunk) for chunk in latents.split(batch_size)]) if len(labels) else None
+    style_dim = getattr(vtc, "style_dim", 0)
+    if style_dim:
+        styles = torch.randn(len(labels), style_dim, generator=generator).to(latents.device)
+        chunks = zip(latents.split(batch_size), styles.split(batch_size))
+        images = torch.cat([vtc(chunk, style) for chunk, style in chunks]) if len(labels) else None
+    else:
+        images = torch.cat([vtc(chunk) for chunk in latents.split(batch_size)]) if len(labels) else None
     if images is None:
         raise ValueError("no global classes to synthesize")
     return ImageSet(images.cpu(), labels.cpu())

@@ -5,6 +5,13 @@ Linear(p -> c0 * s0^2) -> reshape -> [ConvTranspose2d(k=4, s=2, p=1) -> BatchNor
 n = 3 for 64x64 (8 -> 16 -> 32 -> 64). The tanh output in [-1, 1] is mapped to pixels in [0, 1] and
 then normalized with the dataset's mean and std, so generated images live in exactly the space the
 classifiers were trained on and can be mixed with real batches directly.
+
+With ``style_dim`` k > 0 (a reading, not METHOD.md) the VTC also reads a k-dimensional *style code*
+u: a small encoder of images, part of the VTC and so shared and averaged with it, gives q(u | x) =
+N(mu(x), diag(exp(logvar(x)))) in training, and u ~ N(0, I) at synthesis. The features carry the
+class; the style code carries what varies within a class in pixel space, which every client
+shares, whatever its extractor (RESULTS.md §1, "why": averaging decoders of differently built
+feature spaces keeps only the class means).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ class VTC(nn.Module):
         channels: output image channels.
         mean, std: the dataset's per-channel normalization, applied to the [0, 1] output.
         width: channels of the last upsampling block; earlier blocks double it.
+        style_dim: k, the size of the style code (0 = none, METHOD.md's VTC).
     """
 
     def __init__(
@@ -48,13 +56,15 @@ class VTC(nn.Module):
         std: Sequence[float],
         *,
         width: int = 16,
+        style_dim: int = 0,
     ) -> None:
         super().__init__()
         steps = upsampling_steps(image_size)
         self.start_size = image_size // 2**steps
         widths = [width * 2 ** (steps - i) for i in range(steps + 1)]
         self.start_channels = widths[0]
-        self.project = nn.Linear(feature_dim, widths[0] * self.start_size**2)
+        self.style_dim = style_dim
+        self.project = nn.Linear(feature_dim + style_dim, widths[0] * self.start_size**2)
         blocks: list[nn.Module] = []
         for c_in, c_out in zip(widths[:-1], widths[1:]):
             blocks += [
@@ -64,11 +74,33 @@ class VTC(nn.Module):
             ]
         self.upsample = nn.Sequential(*blocks)
         self.to_image = nn.Conv2d(widths[-1], channels, kernel_size=3, padding=1)
+        # The mirror of the upsampling path, without BatchNorm (it reads one client's batches):
+        # image -> stride-2 convolutions -> (mu, logvar) of the style code.
+        self.style_encoder: nn.Module | None = None
+        if style_dim:
+            down: list[nn.Module] = []
+            for c_in, c_out in zip([channels] + widths[::-1][1:-1], widths[::-1][1:]):
+                down += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            self.style_encoder = nn.Sequential(
+                *down, nn.Flatten(), nn.Linear(widths[0] * self.start_size**2, 2 * style_dim)
+            )
         # Not persistent: constants of the dataset, never saved or sent.
         self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+    def encode_style(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar) of q(u | x), each (n, style_dim), for normalized images."""
+        if self.style_encoder is None:
+            raise ValueError("this VTC has no style code (style_dim=0)")
+        mu, logvar = self.style_encoder(images).chunk(2, dim=1)
+        return mu, logvar
+
+    def forward(self, latents: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode (n, p) latents; with a style code, ``style`` is (n, k), None meaning its prior mean 0."""
+        if self.style_dim:
+            if style is None:
+                style = latents.new_zeros(len(latents), self.style_dim)
+            latents = torch.cat([latents, style], dim=1)
         h = self.project(latents).view(-1, self.start_channels, self.start_size, self.start_size)
         pixels = (torch.tanh(self.to_image(self.upsample(nn.functional.leaky_relu(h, 0.2)))) + 1) / 2
         return (pixels - self.pixel_mean) / self.pixel_std

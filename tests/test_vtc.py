@@ -45,7 +45,7 @@ def _vtc_training_case(**kwargs):
 
     torch.manual_seed(0)
     model = create_model("cnn_s", num_classes=3, feature_dim=8, in_channels=1, image_size=28)
-    vtc = VTC(8, 28, 1, [0.5], [0.5], width=4)
+    vtc = VTC(8, 28, 1, [0.5], [0.5], width=4, style_dim=kwargs.pop("style_dim", 0))
     data = ImageSet(torch.randn(16, 1, 28, 28), torch.tensor([0, 1] * 8))
     target = GlobalGaussians(
         present=torch.tensor([True, True, False]), means=torch.randn(3, 8), variances=torch.ones(3, 8),
@@ -60,6 +60,39 @@ def _vtc_training_case(**kwargs):
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     vtc_changed = any(not torch.equal(a, b) for a, b in zip(vtc_before, vtc.parameters()))
     return changed, vtc_changed, losses
+
+
+def test_style_code_shapes_and_prior_mean():
+    """A VTC with a style code encodes images to (mu, logvar) of size k; no code means the prior's
+    mean 0; the code is part of what a shared VTC sends."""
+    vtc = VTC(8, 28, 1, [0.5], [0.5], width=4, style_dim=3).eval()
+    mu, logvar = vtc.encode_style(torch.randn(5, 1, 28, 28))
+    assert mu.shape == logvar.shape == (5, 3)
+    z = torch.randn(5, 8)
+    torch.testing.assert_close(vtc(z), vtc(z, torch.zeros(5, 3)))
+    assert not torch.allclose(vtc(z), vtc(z, torch.randn(5, 3) * 3))
+    assert len(shared_shapes(vtc)) > len(shared_shapes(VTC(8, 28, 1, [0.5], [0.5], width=4)))
+    with pytest.raises(ValueError, match="no style code"):
+        VTC(8, 28, 1, [0.5], [0.5]).encode_style(torch.randn(1, 1, 28, 28))
+
+
+def test_style_code_trains_with_its_kl_and_varies_the_images():
+    """Training reports the style KL and moves the style encoder; synthesis draws a code per image,
+    so two images of one class from the same latent mean differ, and the latents are the same
+    draws as without a code (the codes are drawn after them)."""
+    from fedvtc.training import GlobalGaussians, synthesize
+
+    torch.manual_seed(0)
+    changed, vtc_changed, losses = _vtc_training_case(style_dim=3)
+    assert vtc_changed and changed == set() and losses["vtc_style_kl"] > 0
+    vtc = VTC(8, 28, 1, [0.5], [0.5], width=4, style_dim=3)
+    target = GlobalGaussians(present=torch.tensor([True, True]), means=torch.randn(2, 8),
+                             variances=torch.full((2, 8), 1e-8), second=torch.full((2, 8), 1e-8))
+    images = synthesize(vtc, target, per_class=4, generator=torch.Generator().manual_seed(0))
+    assert images.x.shape == (8, 1, 28, 28)
+    assert images.x[:4].std(0).mean() > 1e-3  # near-identical latents, different codes
+    plain = synthesize(vtc, target, per_class=4, generator=torch.Generator().manual_seed(0), noise_scale=0.0)
+    assert not torch.equal(plain.x, images.x)
 
 
 def test_vtc_training_leaves_the_classifier_alone():

@@ -83,6 +83,12 @@ class VTCSettings:
     # and never sent: each client maps its own feature space into the one input space the averaged
     # decoder reads, so the average need not agree only on what all spaces share (the class means).
     adapter: bool = False
+    # Size k of a style code the VTC also decodes (0 = none, METHOD.md): a shared image encoder
+    # gives it in training, the prior N(0, I) at synthesis, so that what varies within a class is
+    # learned in pixel space, which every client shares (RESULTS.md §1, "style code").
+    style_dim: int = 0
+    # Weight of the style code's KL (1 = the ELBO of a unit-variance Gaussian pixel likelihood).
+    style_beta: float = 1.0
 
     def steps_for(self, num_samples: int) -> int:
         """VTC steps this round for a local training set of ``num_samples`` images."""
@@ -172,6 +178,16 @@ class FedVTCSettings:
                 "algorithm.vtc.adapter=true maps a client's features into a shared decoder's input; "
                 "with algorithm.shared_vtc=false the private VTC reads them directly: set one of them"
             )
+        if self.vtc.style_dim < 0 or self.vtc.style_beta < 0:
+            raise ConfigError(
+                f"algorithm.vtc.style_dim and algorithm.vtc.style_beta must be >= 0, got "
+                f"{self.vtc.style_dim} and {self.vtc.style_beta}"
+            )
+        if self.vtc.adapter and self.vtc.style_dim:
+            raise ConfigError(
+                "algorithm.vtc.adapter=true and algorithm.vtc.style_dim > 0 are two readings that do not "
+                "combine (the adapter maps the features alone); set one of them"
+            )
         if self.vtc.synthesize_from == "global" and self.shared_vtc and self.schedule == "final":
             raise ConfigError(
                 "algorithm.vtc.synthesize_from=global does not work with schedule=final (the "
@@ -185,7 +201,8 @@ class FedVTCSettings:
 def build_vtc(run: RunSettings) -> VTC:
     """The VTC for this run's data and feature size."""
     d = run.dataset
-    return VTC(run.feature_dim, d.image_size, d.channels, d.mean, d.std, width=run.algorithm.vtc.width)
+    v = run.algorithm.vtc
+    return VTC(run.feature_dim, d.image_size, d.channels, d.mean, d.std, width=v.width, style_dim=v.style_dim)
 
 
 def build_adapter(run: RunSettings) -> torch.nn.Linear:
@@ -353,7 +370,7 @@ class FedVTCClient(HeteroClient):
                 generator=torch_generator(self.s.seed, self.cid, server_round, VTC_TRAIN),
                 dm_weight=a.vtc.dm_weight, dm_per_class=a.vtc.dm_per_class, grad_clip=a.vtc.grad_clip,
                 dm_space=a.vtc.dm_space, encoder_optimizer=self.optimizer if a.vtc.train_encoder else None,
-                encoder_weight=a.vtc.encoder_weight, train_noise=a.vtc.train_noise,
+                encoder_weight=a.vtc.encoder_weight, train_noise=a.vtc.train_noise, style_beta=a.vtc.style_beta,
             )
         self.round_metrics.update(losses)
 
