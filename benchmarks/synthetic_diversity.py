@@ -101,10 +101,14 @@ def fresh_decoder_r2(settings, features: torch.Tensor, images: torch.Tensor, lab
     return reconstruction_r2(vtc, features, images, labels)
 
 
-def reconstruction_r2(vtc, features: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> float:
+def reconstruction_r2(vtc, features: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+                      *, with_style: bool = False) -> float:
+    """Held-out within-class R^2 of the VTC's reconstructions from the features; with ``with_style``
+    (a VTC with a style code), also from each image's own code, the mean of q(u | x)."""
     held = slice(PROBE_FIT, PROBE_FIT + PROBE_HELD)
     with torch.no_grad():
-        rec = vtc.to_pixels(vtc(features[held])).flatten(1)
+        style = vtc.encode_style(images[held])[0] if with_style else None
+        rec = vtc.to_pixels(vtc(features[held], style)).flatten(1)
     real = vtc.to_pixels(images[held]).flatten(1)
     return r_squared(within_class(real, labels[held]), within_class(rec, labels[held]))
 
@@ -156,6 +160,9 @@ def diagnose(run: Path, client: int, fresh_decoder_steps: int = 0) -> dict:
         held_features = within_class(features[held].double(), labels[held])
         row["R2 features (ridge)"] = r_squared(held_pixels, held_features @ ridge)
         row["R2 run's VTC"] = reconstruction_r2(vtc, features, images, labels)
+        if vtc.style_dim:  # algorithm.vtc.style_dim: what the image's own style code adds
+            row["R2 run's VTC, with the image's style code"] = reconstruction_r2(
+                vtc, features, images, labels, with_style=True)
     if fresh_decoder_steps:
         stds = target.variances.sqrt().float()
         for noise in (1.0, 0.0):
@@ -173,10 +180,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the table here (Markdown)")
     args = parser.parse_args()
     rows = [diagnose(run, args.client, args.fresh_decoder_steps) for run in args.runs]
-    columns = list(rows[0])
+    columns = list(dict.fromkeys(key for row in rows for key in row))  # runs with a style code add one
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(v if isinstance(v, str) else f"{v:.3f}" for v in row.values()) + " |")
+        cells = [row.get(c, "–") for c in columns]
+        lines.append("| " + " | ".join(v if isinstance(v, str) else f"{v:.3f}" for v in cells) + " |")
     table = "\n".join(lines)
     print(table)
     if args.out:
