@@ -32,6 +32,8 @@ def test_every_experiment_preset_composes_and_validates(preset: str, tmp_path: P
         (["+algorithm.typo=1"], "unknown key(s) ['typo']"),
         (["algorithm.vtc.train_noise=-0.5"], "algorithm.vtc.train_noise and algorithm.synthesis.noise_scale must be >= 0"),
         (["algorithm=fedvtc_private_vtc", "algorithm.vtc.adapter=true"], "algorithm.vtc.adapter=true maps"),
+        (["algorithm.synthesis.source=oracle_mean"], "trains no VTC, so algorithm.shared_vtc=true"),
+        (["algorithm.finetune.data=real"], "trains no VTC, so algorithm.shared_vtc=true"),
         (["algorithm.vtc.style_dim=-1"], "algorithm.vtc.style_dim and algorithm.vtc.style_beta must be >= 0"),
         (["algorithm.vtc.adapter=true", "algorithm.vtc.style_dim=4"], "do not combine"),
         (["algorithm.finetune.norm_stats=sometimes"], "algorithm.finetune.norm_stats must be one of"),

@@ -183,6 +183,13 @@ class FedVTCSettings:
                 f"algorithm.vtc.style_dim and algorithm.vtc.style_beta must be >= 0, got "
                 f"{self.vtc.style_dim} and {self.vtc.style_beta}"
             )
+        if self.shared_vtc and (self.finetune.data == "real" or self.synthesis.source != "vtc"):
+            raise ConfigError(
+                f"algorithm.finetune.data={self.finetune.data} with algorithm.synthesis.source="
+                f"{self.synthesis.source} trains no VTC, so algorithm.shared_vtc=true would average and send "
+                "an untrained one; set algorithm.shared_vtc=false, as algorithm=fedvtc_real_finetune and "
+                "fedvtc_oracle_* do"
+            )
         if self.vtc.adapter and self.vtc.style_dim:
             raise ConfigError(
                 "algorithm.vtc.adapter=true and algorithm.vtc.style_dim > 0 are two readings that do not "
