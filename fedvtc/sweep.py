@@ -66,9 +66,36 @@ def objective_value(final: Mapping[str, Any] | None, objective: str) -> float | 
     return float(value)
 
 
+# Keys added to the config after cells had run, each with the value that computes what the code did
+# before the key existed (checked with benchmarks/same_numbers.py when it was added). A finished
+# cell whose config lacks one is read as having that value, so that adding an option does not make
+# every finished cell of a table run again. Fixed values, not today's defaults: a default that
+# changes later must not claim the old cells.
+ADDED_KEYS: dict[tuple[str, ...], Any] = {
+    ("algorithm", "synthesis", "classes"): "all",
+    ("algorithm", "synthesis", "source"): "vtc",
+    ("algorithm", "vtc", "style_dim"): 0,
+    ("algorithm", "vtc", "style_beta"): 1.0,
+}
+
+
+def with_added_keys(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with each of ``ADDED_KEYS`` it lacks filled in, where its parent section exists
+    (a baseline's ``algorithm`` has no ``vtc`` section, and gets none)."""
+    filled = json.loads(json.dumps(config))  # a deep copy of plain containers
+    for path, value in ADDED_KEYS.items():
+        node = filled
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(path[-1], value)
+    return filled
+
+
 def cell_identity(resolved: Mapping[str, Any]) -> dict[str, Any]:
     """What identifies a cell: its resolved config without ``WHERE_IT_RUNS`` (Hydra's node with its
-    paths and job ids, where the data lives, which Ray runs it)."""
+    paths and job ids, where the data lives, which Ray runs it), with ``ADDED_KEYS`` filled in."""
+    resolved = with_added_keys(resolved)
     identity = {}
     for key, value in resolved.items():
         dropped = WHERE_IT_RUNS.get(key, ())

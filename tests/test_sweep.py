@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from fedvtc.sweep import finished_cell, objective_value, sweep_size
+from fedvtc.sweep import finished_cell, objective_value, sweep_size, with_added_keys
 from helpers import TINY_RUN, run_cli
 
 CELL = {"seed": 0, "algorithm": {"name": "fedvtc", "kl_weight": 1.0}, "hydra": {"job": {"num": 3}}}
@@ -125,3 +125,19 @@ def test_a_cell_rerun_with_other_settings_in_the_same_directory_is_not_taken_as_
     assert finished_cell(tmp_path, to_container(new)) is None
     assert finished_cell(tmp_path, to_container(old)) is None
     assert json.loads((cell / "results.previous.json").read_text())["final"] == {"global_accuracy": 0.3}
+
+
+def test_a_cell_saved_before_an_option_existed_is_that_option_at_its_former_value(tmp_path: Path) -> None:
+    """ADDED_KEYS: a FedVTC cell saved before ``vtc.style_dim`` and ``synthesis.source`` existed is
+    the cell with the values that compute what it computed; any other value is another cell, and a
+    baseline's config gets no FedVTC section."""
+    old = {**CELL, "algorithm": {"name": "fedvtc", "vtc": {"width": 16}, "synthesis": {"per_class": 50}}}
+    run = _run(tmp_path, "0", old)
+    now = {**CELL, "algorithm": {"name": "fedvtc", "vtc": {"width": 16, "style_dim": 0, "style_beta": 1.0},
+                                 "synthesis": {"per_class": 50, "source": "vtc"}}}
+    assert finished_cell(tmp_path, now) == run
+    styled = {**now, "algorithm": {**now["algorithm"], "vtc": {"width": 16, "style_dim": 8, "style_beta": 1.0}}}
+    assert finished_cell(tmp_path, styled) is None
+    oracle = {**now, "algorithm": {**now["algorithm"], "synthesis": {"per_class": 50, "source": "oracle_mean"}}}
+    assert finished_cell(tmp_path, oracle) is None
+    assert with_added_keys({"algorithm": {"name": "local"}}) == {"algorithm": {"name": "local"}}
