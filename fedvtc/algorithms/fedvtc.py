@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -154,55 +154,48 @@ class FedVTCSettings:
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"algorithm.{key} must be one of {list(allowed)}, got '{value}'")
-        for key, value in (("kl_weight", self.kl_weight), ("vtc.dm_weight", self.vtc.dm_weight)):
-            if value < 0:
-                raise ConfigError(f"algorithm.{key} must be >= 0, got {value}")
-        if self.variance_floor <= 0:
-            raise ConfigError(f"algorithm.variance_floor must be > 0, got {self.variance_floor}")
-        if self.vtc.dm_per_class < 2:
-            raise ConfigError(
-                f"algorithm.vtc.dm_per_class must be >= 2 (a std needs 2 samples), got {self.vtc.dm_per_class}"
-            )
-        if self.synthesis.per_class < 1 or self.vtc.steps < 0 or self.finetune.epochs < 0:
-            raise ConfigError("algorithm.synthesis.per_class must be >= 1; vtc.steps, finetune.epochs >= 0")
-        if not 0 <= self.shrinkage <= 1:
-            raise ConfigError(f"algorithm.shrinkage must be in [0, 1], got {self.shrinkage}")
-        if self.vtc.epochs is not None and not self.vtc.epochs > 0:
-            raise ConfigError(f"algorithm.vtc.epochs must be null (use vtc.steps) or > 0, got {self.vtc.epochs}")
-        if self.vtc.start_round < 2:
-            raise ConfigError(
-                f"algorithm.vtc.start_round must be >= 2 (round 1 has no pooled statistics), got {self.vtc.start_round}"
-            )
-        if self.vtc.adapter and not self.shared_vtc:
-            raise ConfigError(
-                "algorithm.vtc.adapter=true maps a client's features into a shared decoder's input; "
-                "with algorithm.shared_vtc=false the private VTC reads them directly: set one of them"
-            )
-        if self.vtc.style_dim < 0 or self.vtc.style_beta < 0:
-            raise ConfigError(
-                f"algorithm.vtc.style_dim and algorithm.vtc.style_beta must be >= 0, got "
-                f"{self.vtc.style_dim} and {self.vtc.style_beta}"
-            )
-        if self.shared_vtc and (self.finetune.data == "real" or self.synthesis.source != "vtc"):
-            raise ConfigError(
-                f"algorithm.finetune.data={self.finetune.data} with algorithm.synthesis.source="
-                f"{self.synthesis.source} trains no VTC, so algorithm.shared_vtc=true would average and send "
-                "an untrained one; set algorithm.shared_vtc=false, as algorithm=fedvtc_real_finetune and "
-                "fedvtc_oracle_* do"
-            )
-        if self.vtc.adapter and self.vtc.style_dim:
-            raise ConfigError(
-                "algorithm.vtc.adapter=true and algorithm.vtc.style_dim > 0 are two readings that do not "
-                "combine (the adapter maps the features alone); set one of them"
-            )
-        if self.vtc.synthesize_from == "global" and self.shared_vtc and self.schedule == "final":
-            raise ConfigError(
-                "algorithm.vtc.synthesize_from=global does not work with schedule=final (the "
-                "average it synthesizes with is trained round by round); set algorithm.vtc.synthesize_from=local"
-            )
-        if min(self.vtc.encoder_weight, self.vtc.train_noise, self.synthesis.noise_scale) < 0:
-            raise ConfigError("algorithm.vtc.encoder_weight, algorithm.vtc.train_noise and "
-                              "algorithm.synthesis.noise_scale must be >= 0")
+        for holds, message in FEDVTC_CHECKS:
+            if not holds(self):
+                raise ConfigError(message(self))
+
+
+# FedVTC's checks beyond the choices above, in order: (holds for good settings, the error's message).
+_FedVTCCheck = tuple[Callable[[FedVTCSettings], bool], Callable[[FedVTCSettings], str]]
+FEDVTC_CHECKS: list[_FedVTCCheck] = [
+    (lambda a: a.kl_weight >= 0, lambda a: f"algorithm.kl_weight must be >= 0, got {a.kl_weight}"),
+    (lambda a: a.vtc.dm_weight >= 0, lambda a: f"algorithm.vtc.dm_weight must be >= 0, got {a.vtc.dm_weight}"),
+    (lambda a: a.variance_floor > 0, lambda a: f"algorithm.variance_floor must be > 0, got {a.variance_floor}"),
+    (lambda a: a.vtc.dm_per_class >= 2,
+     lambda a: f"algorithm.vtc.dm_per_class must be >= 2 (a std needs 2 samples), got {a.vtc.dm_per_class}"),
+    (lambda a: a.synthesis.per_class >= 1 and a.vtc.steps >= 0 and a.finetune.epochs >= 0,
+     lambda a: "algorithm.synthesis.per_class must be >= 1; vtc.steps, finetune.epochs >= 0"),
+    (lambda a: 0 <= a.shrinkage <= 1, lambda a: f"algorithm.shrinkage must be in [0, 1], got {a.shrinkage}"),
+    (lambda a: a.vtc.epochs is None or a.vtc.epochs > 0,
+     lambda a: f"algorithm.vtc.epochs must be null (use vtc.steps) or > 0, got {a.vtc.epochs}"),
+    (lambda a: a.vtc.start_round >= 2,
+     lambda a: f"algorithm.vtc.start_round must be >= 2 (round 1 has no pooled statistics), got {a.vtc.start_round}"),
+    (lambda a: not (a.vtc.adapter and not a.shared_vtc),
+     lambda a: "algorithm.vtc.adapter=true maps a client's features into a shared decoder's input; "
+               "with algorithm.shared_vtc=false the private VTC reads them directly: set one of them"),
+    (lambda a: a.vtc.style_dim >= 0 and a.vtc.style_beta >= 0,
+     lambda a: f"algorithm.vtc.style_dim and algorithm.vtc.style_beta must be >= 0, got "
+               f"{a.vtc.style_dim} and {a.vtc.style_beta}"),
+    # The control and the oracles train no VTC: a shared one would be averaged and sent untrained.
+    (lambda a: not (a.shared_vtc and (a.finetune.data == "real" or a.synthesis.source != "vtc")),
+     lambda a: f"algorithm.finetune.data={a.finetune.data} with algorithm.synthesis.source="
+               f"{a.synthesis.source} trains no VTC, so algorithm.shared_vtc=true would average and send "
+               "an untrained one; set algorithm.shared_vtc=false, as algorithm=fedvtc_real_finetune and "
+               "fedvtc_oracle_* do"),
+    (lambda a: not (a.vtc.adapter and a.vtc.style_dim),
+     lambda a: "algorithm.vtc.adapter=true and algorithm.vtc.style_dim > 0 are two readings that do not "
+               "combine (the adapter maps the features alone); set one of them"),
+    (lambda a: not (a.vtc.synthesize_from == "global" and a.shared_vtc and a.schedule == "final"),
+     lambda a: "algorithm.vtc.synthesize_from=global does not work with schedule=final (the "
+               "average it synthesizes with is trained round by round); set algorithm.vtc.synthesize_from=local"),
+    (lambda a: min(a.vtc.encoder_weight, a.vtc.train_noise, a.synthesis.noise_scale) >= 0,
+     lambda a: "algorithm.vtc.encoder_weight, algorithm.vtc.train_noise and "
+               "algorithm.synthesis.noise_scale must be >= 0"),
+]
 
 
 def build_vtc(run: RunSettings) -> VTC:
