@@ -76,6 +76,7 @@ ADDED_KEYS: dict[tuple[str, ...], Any] = {
     ("algorithm", "synthesis", "source"): "vtc",
     ("algorithm", "vtc", "style_dim"): 0,
     ("algorithm", "vtc", "style_beta"): 1.0,
+    ("algorithm", "vtc", "style_reads_class"): False,
 }
 
 

@@ -249,7 +249,7 @@ def train_vtc(
                 if train_noise != 1.0:
                     noise = noise * train_noise
                 if style_dim:
-                    mu, logvar = vtc.encode_style(x)
+                    mu, logvar = vtc.encode_style(x, y)
                     eps = torch.randn(mu.shape, generator=generator).to(device)
                     rec = F.mse_loss(vtc(z + noise * stds[y], mu + eps * (0.5 * logvar).exp()), x)
                     style_kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(1).mean()

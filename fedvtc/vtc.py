@@ -45,6 +45,9 @@ class VTC(nn.Module):
         mean, std: the dataset's per-channel normalization, applied to the [0, 1] output.
         width: channels of the last upsampling block; earlier blocks double it.
         style_dim: k, the size of the style code (0 = none, METHOD.md's VTC).
+        style_classes: C > 0 lets the style encoder also read the image's class (one-hot), as a
+            conditional VAE's encoder does, q(u | x, y): the code then need not tell classes apart,
+            and every class's codes can fill the prior that synthesis draws from. 0 = q(u | x).
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class VTC(nn.Module):
         *,
         width: int = 16,
         style_dim: int = 0,
+        style_classes: int = 0,
     ) -> None:
         super().__init__()
         steps = upsampling_steps(image_size)
@@ -64,6 +68,7 @@ class VTC(nn.Module):
         widths = [width * 2 ** (steps - i) for i in range(steps + 1)]
         self.start_channels = widths[0]
         self.style_dim = style_dim
+        self.style_classes = style_classes
         self.project = nn.Linear(feature_dim + style_dim, widths[0] * self.start_size**2)
         blocks: list[nn.Module] = []
         for c_in, c_out in zip(widths[:-1], widths[1:]):
@@ -75,24 +80,32 @@ class VTC(nn.Module):
         self.upsample = nn.Sequential(*blocks)
         self.to_image = nn.Conv2d(widths[-1], channels, kernel_size=3, padding=1)
         # The mirror of the upsampling path, without BatchNorm (it reads one client's batches):
-        # image -> stride-2 convolutions -> (mu, logvar) of the style code.
+        # image -> stride-2 convolutions (-> with the one-hot class) -> (mu, logvar) of the style code.
         self.style_encoder: nn.Module | None = None
+        self.style_head: nn.Module | None = None
         if style_dim:
             down: list[nn.Module] = []
             for c_in, c_out in zip([channels] + widths[::-1][1:-1], widths[::-1][1:]):
                 down += [nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1), nn.LeakyReLU(0.2)]
-            self.style_encoder = nn.Sequential(
-                *down, nn.Flatten(), nn.Linear(widths[0] * self.start_size**2, 2 * style_dim)
-            )
+            self.style_encoder = nn.Sequential(*down, nn.Flatten())
+            self.style_head = nn.Linear(widths[0] * self.start_size**2 + style_classes, 2 * style_dim)
         # Not persistent: constants of the dataset, never saved or sent.
         self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
-    def encode_style(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mu, logvar) of q(u | x), each (n, style_dim), for normalized images."""
-        if self.style_encoder is None:
+    def encode_style(
+        self, images: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar) of q(u | x), or of q(u | x, y) with ``style_classes``, each (n, style_dim),
+        for normalized images and (with ``style_classes``) their labels."""
+        if self.style_encoder is None or self.style_head is None:
             raise ValueError("this VTC has no style code (style_dim=0)")
-        mu, logvar = self.style_encoder(images).chunk(2, dim=1)
+        h = self.style_encoder(images)
+        if self.style_classes:
+            if labels is None:
+                raise ValueError("this VTC's style encoder reads the class: pass the images' labels")
+            h = torch.cat([h, nn.functional.one_hot(labels, self.style_classes).to(h.dtype)], dim=1)
+        mu, logvar = self.style_head(h).chunk(2, dim=1)
         return mu, logvar
 
     def forward(self, latents: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:

@@ -45,7 +45,8 @@ READING_OPTIONS = [
      "algorithm.synthesis.noise_scale=0.5", "algorithm.kl_weight=4.0", "algorithm.kl_reduction=mean",
      "algorithm.vtc.train_noise=0.3"],
     ["algorithm.shared_vtc=true", "algorithm.vtc.train_encoder=true", "algorithm.vtc.synthesize_from=global",
-     "algorithm.vtc.style_dim=4", "algorithm.vtc.style_beta=0.5", "num_rounds=3"],
+     "algorithm.vtc.style_dim=4", "algorithm.vtc.style_beta=0.5", "algorithm.vtc.style_reads_class=true",
+     "num_rounds=3"],
 ]
 
 

@@ -45,7 +45,8 @@ def _vtc_training_case(**kwargs):
 
     torch.manual_seed(0)
     model = create_model("cnn_s", num_classes=3, feature_dim=8, in_channels=1, image_size=28)
-    vtc = VTC(8, 28, 1, [0.5], [0.5], width=4, style_dim=kwargs.pop("style_dim", 0))
+    vtc = VTC(8, 28, 1, [0.5], [0.5], width=4, style_dim=kwargs.pop("style_dim", 0),
+              style_classes=kwargs.pop("style_classes", 0))
     data = ImageSet(torch.randn(16, 1, 28, 28), torch.tensor([0, 1] * 8))
     target = GlobalGaussians(
         present=torch.tensor([True, True, False]), means=torch.randn(3, 8), variances=torch.ones(3, 8),
@@ -76,6 +77,20 @@ def test_style_code_shapes_and_prior_mean():
         VTC(8, 28, 1, [0.5], [0.5]).encode_style(torch.randn(1, 1, 28, 28))
 
 
+def test_a_style_encoder_that_reads_the_class():
+    """style_classes: q(u | x, y), so the same image gives another code under another label; it
+    needs the labels, and it adds C inputs to the encoder's last layer only."""
+    vtc = VTC(8, 28, 1, [0.5], [0.5], width=4, style_dim=3, style_classes=10).eval()
+    x = torch.randn(2, 1, 28, 28).repeat(2, 1, 1, 1)
+    mu, _ = vtc.encode_style(x, torch.tensor([0, 1, 7, 7]))
+    assert not torch.allclose(mu[:2], mu[2:])
+    with pytest.raises(ValueError, match="pass the images' labels"):
+        vtc.encode_style(x)
+    plain = VTC(8, 28, 1, [0.5], [0.5], width=4, style_dim=3)
+    extra = sum(p.numel() for p in vtc.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 10 * 2 * 3
+
+
 def test_style_code_trains_with_its_kl_and_varies_the_images():
     """Training reports the style KL and moves the style encoder; synthesis draws a code per image,
     so two images of one class from the same latent mean differ, and the latents are the same
@@ -83,8 +98,9 @@ def test_style_code_trains_with_its_kl_and_varies_the_images():
     from fedvtc.training import GlobalGaussians, synthesize
 
     torch.manual_seed(0)
-    changed, vtc_changed, losses = _vtc_training_case(style_dim=3)
-    assert vtc_changed and changed == set() and losses["vtc_style_kl"] > 0
+    for style_classes in (0, 3):
+        changed, vtc_changed, losses = _vtc_training_case(style_dim=3, style_classes=style_classes)
+        assert vtc_changed and changed == set() and losses["vtc_style_kl"] > 0
     vtc = VTC(8, 28, 1, [0.5], [0.5], width=4, style_dim=3)
     target = GlobalGaussians(present=torch.tensor([True, True]), means=torch.randn(2, 8),
                              variances=torch.full((2, 8), 1e-8), second=torch.full((2, 8), 1e-8))

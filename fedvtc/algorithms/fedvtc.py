@@ -89,6 +89,8 @@ class VTCSettings:
     style_dim: int = 0
     # Weight of the style code's KL (1 = the ELBO of a unit-variance Gaussian pixel likelihood).
     style_beta: float = 1.0
+    # Does the style encoder also read the image's class, q(u | x, y) as a conditional VAE's does?
+    style_reads_class: bool = False
 
     def steps_for(self, num_samples: int) -> int:
         """VTC steps this round for a local training set of ``num_samples`` images."""
@@ -202,7 +204,8 @@ def build_vtc(run: RunSettings) -> VTC:
     """The VTC for this run's data and feature size."""
     d = run.dataset
     v = run.algorithm.vtc
-    return VTC(run.feature_dim, d.image_size, d.channels, d.mean, d.std, width=v.width, style_dim=v.style_dim)
+    return VTC(run.feature_dim, d.image_size, d.channels, d.mean, d.std, width=v.width, style_dim=v.style_dim,
+               style_classes=d.num_classes if v.style_reads_class else 0)
 
 
 def build_adapter(run: RunSettings) -> torch.nn.Linear:
