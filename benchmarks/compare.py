@@ -131,10 +131,26 @@ def kept_code(dirs: Iterable[Path]) -> dict[str, set[str]]:
     return dict(kept)
 
 
-def is_kept(run: Run, kept: dict[str, set[str]]) -> bool:
-    """Whether ``run`` ran at a commit its table keeps for its method (``kept_code``)."""
+def is_kept(run: Run, kept: dict[str, set[str]], kept_sources: dict[str, set[str]] | None = None) -> bool:
+    """Whether ``run`` ran at a commit its table keeps for its method (``kept_code``), or at another
+    commit with that commit's sources (``kept_sources``: a sitting run from a checkout whose
+    ``fedvtc/`` was the pin's records its own commit)."""
+    label = run["meta"].get("label")
     commit = (run["meta"].get("code") or {}).get("git_commit") or ""
-    return any(commit.startswith(c) and run["meta"].get("label") in labels for c, labels in kept.items())
+    if any(commit.startswith(c) and label in labels for c, labels in kept.items()):
+        return True
+    return label in (kept_sources or {}).get(code_identity(run), set())
+
+
+def sources_of_kept(runs: Iterable[Run], kept: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The code identities (``code_identity``) of the runs at a kept commit, with the labels kept."""
+    sources: dict[str, set[str]] = defaultdict(set)
+    for run in runs:
+        commit = (run["meta"].get("code") or {}).get("git_commit") or ""
+        for c, labels in kept.items():
+            if commit.startswith(c) and run["meta"].get("code", {}).get("source_sha256"):
+                sources[code_identity(run)] |= labels
+    return dict(sources)
 
 
 def check_consistency(groups: dict[Key, list[Run]], *, allow_mixed_code: bool = False,
@@ -146,8 +162,9 @@ def check_consistency(groups: dict[Key, list[Run]], *, allow_mixed_code: bool = 
     problems = []
     if not allow_mixed_code:
         codes: dict[str, list[str]] = defaultdict(list)
+        kept_sources = sources_of_kept(runs, kept or {})
         for run in runs:
-            if not is_kept(run, kept or {}):
+            if not is_kept(run, kept or {}, kept_sources):
                 codes[code_identity(run)].append(run["_path"])
         if len(codes) > 1:
             problems += [f"code {c}: {len(p)} cell(s), e.g. {p[0]}" for c, p in sorted(codes.items())]

@@ -174,6 +174,20 @@ def test_a_pin_keeps_cells_of_earlier_code_only_for_the_methods_it_names(tmp_pat
         compare.collect([tmp_path])
 
 
+def test_a_kept_commit_keeps_its_sources_run_at_a_later_commit(tmp_path: Path) -> None:
+    """A sitting run from a checkout whose package was the kept commit's records its own commit:
+    its cells are that code, and kept for the methods named; another method's are not."""
+    old, later, new = "a" * 40, "c" * 40, "b" * 40
+    _write(tmp_path, "algorithm=local", label="local", acc=0.30, commit=old, source="e" * 64)
+    _write(tmp_path, "algorithm=ccvr", label="ccvr", acc=0.31, commit=later, source="e" * 64)
+    _write(tmp_path, "algorithm=fedvtc", acc=0.40, commit=new, source="f" * 64)
+    (tmp_path / "CODE").write_text(f"{new}\nkept {old} local,ccvr\n")
+    assert {r["method"] for r in compare.collect([tmp_path])} == {"local", "ccvr", "fedvtc"}
+    _write(tmp_path, "algorithm=fedgen", label="fedgen", acc=0.31, commit=later, source="e" * 64)
+    with pytest.raises(compare.MixedRunsError, match="sources eeeeeeeeeeee"):
+        compare.collect([tmp_path])
+
+
 def test_same_numbers_tells_a_rerun_that_computed_the_same_from_one_that_did_not(tmp_path: Path) -> None:
     _write(tmp_path / "table", "algorithm=local", label="local", acc=0.30)
     _write(tmp_path / "table", "algorithm=ccvr", label="ccvr", acc=0.31)
