@@ -17,6 +17,7 @@ GENERATED_FEATURES = 9  # FedGen: labels and noise of the features a client trai
 DP_NOISE = 10  # fedvtc.privacy.dp: the Gaussian noise on a client's class statistics
 PRIVACY_EVAL = 11  # fedvtc.privacy.leakage: the synthetic images and held-out subset it measures
 VALIDATION = 12  # fedvtc.federated_data: the validation images carved from the training set
+AUGMENT = 13  # fedvtc.augment: the random pose of each synthetic image (synthesis.augment)
 
 
 def derive_seed(*keys: int) -> int:

@@ -46,7 +46,7 @@ READING_OPTIONS = [
      "algorithm.vtc.train_noise=0.3"],
     ["algorithm.shared_vtc=true", "algorithm.vtc.train_encoder=true", "algorithm.vtc.synthesize_from=global",
      "algorithm.vtc.style_dim=4", "algorithm.vtc.style_beta=0.5", "algorithm.vtc.style_reads_class=true",
-     "num_rounds=3"],
+     "algorithm.synthesis.augment=1.0", "num_rounds=3"],
 ]
 
 

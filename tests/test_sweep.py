@@ -135,11 +135,13 @@ def test_a_cell_saved_before_an_option_existed_is_that_option_at_its_former_valu
     run = _run(tmp_path, "0", old)
     now = {**CELL, "algorithm": {"name": "fedvtc", "vtc": {"width": 16, "style_dim": 0, "style_beta": 1.0,
                                                            "style_reads_class": False},
-                                 "synthesis": {"per_class": 50, "source": "vtc"}}}
+                                 "synthesis": {"per_class": 50, "source": "vtc", "augment": 0.0}}}
     assert finished_cell(tmp_path, now) == run
     styled = {**now, "algorithm": {**now["algorithm"], "vtc": {"width": 16, "style_dim": 8, "style_beta": 1.0,
                                                                "style_reads_class": False}}}
     assert finished_cell(tmp_path, styled) is None
     oracle = {**now, "algorithm": {**now["algorithm"], "synthesis": {"per_class": 50, "source": "oracle_mean"}}}
     assert finished_cell(tmp_path, oracle) is None
+    posed = {**now, "algorithm": {**now["algorithm"], "synthesis": {"per_class": 50, "source": "vtc", "augment": 1.0}}}
+    assert finished_cell(tmp_path, posed) is None
     assert with_added_keys({"algorithm": {"name": "local"}}) == {"algorithm": {"name": "local"}}

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from fedvtc.augment import random_affine
 from fedvtc.averaging import weighted_average
 from fedvtc.client import HeteroClient, LazyOptimizer
 from fedvtc.settings import ConfigError, RunSettings
@@ -26,7 +27,7 @@ from fedvtc.payload import Payload, PayloadError, decode
 from fedvtc.plots import save_class_grid
 from fedvtc.reference import load_reference, synthetic_accuracy
 from fedvtc.privacy.dp import epsilon_spent, private_class_statistics, resolve_noise_multiplier
-from fedvtc.seeding import DP_NOISE, FINETUNE, INIT, SYNTHESIS, VTC_TRAIN, derive_seed, torch_generator
+from fedvtc.seeding import AUGMENT, DP_NOISE, FINETUNE, INIT, SYNTHESIS, VTC_TRAIN, derive_seed, torch_generator
 from fedvtc.stats import ClassStats, pool_statistics
 from fedvtc.strategy import HeteroStrategy, Upload
 from fedvtc.training import (
@@ -112,6 +113,9 @@ class SynthesisSettings:
     classes: str = "all"
     # "vtc" (the method) or an oracle control: "oracle_mean" | "oracle_images" (SYNTHESIS_SOURCES).
     source: str = "vtc"
+    # Strength of a random rotation, scaling and shift of each synthetic image (0 = none, METHOD.md;
+    # 1 = up to 20 degrees, 15 % and 10 % of the side: ``fedvtc.augment``).
+    augment: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -194,9 +198,9 @@ FEDVTC_CHECKS: list[_FedVTCCheck] = [
     (lambda a: not (a.vtc.synthesize_from == "global" and a.shared_vtc and a.schedule == "final"),
      lambda a: "algorithm.vtc.synthesize_from=global does not work with schedule=final (the "
                "average it synthesizes with is trained round by round); set algorithm.vtc.synthesize_from=local"),
-    (lambda a: min(a.vtc.encoder_weight, a.vtc.train_noise, a.synthesis.noise_scale) >= 0,
-     lambda a: "algorithm.vtc.encoder_weight, algorithm.vtc.train_noise and "
-               "algorithm.synthesis.noise_scale must be >= 0"),
+    (lambda a: min(a.vtc.encoder_weight, a.vtc.train_noise, a.synthesis.noise_scale, a.synthesis.augment) >= 0,
+     lambda a: "algorithm.vtc.encoder_weight, algorithm.vtc.train_noise, algorithm.synthesis.noise_scale "
+               "and algorithm.synthesis.augment must be >= 0"),
 ]
 
 
@@ -386,6 +390,10 @@ class FedVTCClient(HeteroClient):
         if a.finetune.data != "real" and len(classes):
             with self.timer("synthesis"):
                 synthetic = self._draw_synthetic(target, classes, torch_generator(*key, SYNTHESIS))
+                if a.synthesis.augment:
+                    posed = random_affine(synthetic.x, strength=a.synthesis.augment,
+                                          generator=torch_generator(*key, AUGMENT))
+                    synthetic = ImageSet(posed, synthetic.y)
             self._score_synthetic(synthetic)
             if self._wants_grid(server_round, num_rounds):
                 save_class_grid(
