@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -26,6 +26,7 @@ from fedvtc.losses import (
     trusted_samples,
 )
 from fedvtc.stats import ClassStats, class_statistics, sample_latents
+from fedvtc.vtc import VTC, AdaptedVTC
 from fedvtc.zoo import HeteroModel
 
 
@@ -181,7 +182,7 @@ NORM_STATS = ("update", "frozen")
 
 
 def train_vtc(
-    vtc: nn.Module,
+    vtc: VTC | AdaptedVTC,
     model: HeteroModel,
     data: ImageSet,
     optimizer: torch.optim.Optimizer,
@@ -230,7 +231,7 @@ def train_vtc(
     params = [p for p in vtc.parameters()]
     stds = target.variances.sqrt()
     dm_labels = target.classes.repeat_interleave(dm_per_class)
-    style_dim = getattr(vtc, "style_dim", 0)
+    style_dim = vtc.style_dim
     rec_sum = dm_sum = style_kl_sum = 0.0
     try:
         done = 0
@@ -248,15 +249,16 @@ def train_vtc(
                 noise = torch.randn(z.shape, generator=generator).to(device)  # drawn at any scale: same stream
                 if train_noise != 1.0:
                     noise = noise * train_noise
+                style = None
                 if style_dim:
                     mu, logvar = vtc.encode_style(x, y)
                     eps = torch.randn(mu.shape, generator=generator).to(device)
-                    rec = F.mse_loss(vtc(z + noise * stds[y], mu + eps * (0.5 * logvar).exp()), x)
+                    style = mu + eps * (0.5 * logvar).exp()
+                loss = rec = F.mse_loss(vtc(z + noise * stds[y], style), x)
+                if style_dim:
                     style_kl = 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(1).mean()
                     loss = rec + style_beta * 2 * style_kl / x[0].numel()
                     style_kl_sum += float(style_kl.detach())
-                else:
-                    loss = rec = F.mse_loss(vtc(z + noise * stds[y]), x)
                 # Backward now, while the encoder (if it trains) still takes gradients; the DM
                 # term below is backpropagated with it frozen, so it reaches the VTC alone.
                 loss.backward()
@@ -264,7 +266,7 @@ def train_vtc(
                 if dm_weight > 0 and len(dm_labels) > 0:
                     latents = sample_latents(target.means, target.second, dm_labels, generator=generator)
                     style = torch.randn(len(latents), style_dim, generator=generator).to(device) if style_dim else None
-                    features = model.forward_features(vtc(latents) if style is None else vtc(latents, style))
+                    features = model.forward_features(vtc(latents, style))
                     if dm_space == "features":
                         dm = dm_loss(features, dm_labels, target.means, stds)
                     else:
@@ -293,7 +295,7 @@ def train_vtc(
 
 @torch.no_grad()
 def synthesize(
-    vtc: nn.Module,
+    vtc: VTC | AdaptedVTC,
     target: GlobalGaussians,
     *,
     per_class: int,
@@ -311,15 +313,13 @@ def synthesize(
     vtc.eval()
     labels = (target.classes if classes is None else classes.to(target.means.device)).repeat_interleave(per_class)
     latents = sample_latents(target.means, target.second, labels, generator=generator, scale=noise_scale)
-    style_dim = getattr(vtc, "style_dim", 0)
-    if style_dim:
-        styles = torch.randn(len(labels), style_dim, generator=generator).to(latents.device)
-        chunks = zip(latents.split(batch_size), styles.split(batch_size))
-        images = torch.cat([vtc(chunk, style) for chunk, style in chunks]) if len(labels) else None
-    else:
-        images = torch.cat([vtc(chunk) for chunk in latents.split(batch_size)]) if len(labels) else None
-    if images is None:
+    if not len(labels):
         raise ValueError("no global classes to synthesize")
+    chunks = latents.split(batch_size)
+    styles: Sequence[torch.Tensor | None] = [None] * len(chunks)
+    if vtc.style_dim:
+        styles = torch.randn(len(labels), vtc.style_dim, generator=generator).to(latents.device).split(batch_size)
+    images = torch.cat([vtc(chunk, style) for chunk, style in zip(chunks, styles)])
     return ImageSet(images.cpu(), labels.cpu())
 
 

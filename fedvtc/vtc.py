@@ -123,6 +123,28 @@ class VTC(nn.Module):
         return to_unit_pixels(images, self.pixel_mean, self.pixel_std)
 
 
+class AdaptedVTC(nn.Module):
+    """A VTC behind a private map of its latents (``vtc.adapter``): decodes ``vtc(adapter(v), u)``.
+
+    Called like the VTC it wraps, so training and synthesis need not know whether a client has an
+    adapter. Only ``vtc`` is shared; the adapter stays on the client.
+    """
+
+    def __init__(self, adapter: nn.Module, vtc: VTC) -> None:
+        super().__init__()
+        self.adapter = adapter  # registered first: the optimizer's parameter order is adapter, VTC
+        self.vtc = vtc
+        self.style_dim = vtc.style_dim
+
+    def encode_style(
+        self, images: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.vtc.encode_style(images, labels)
+
+    def forward(self, latents: torch.Tensor, style: torch.Tensor | None = None) -> torch.Tensor:
+        return self.vtc(self.adapter(latents), style)
+
+
 def shared_arrays(module: nn.Module) -> list[np.ndarray]:
     """The floating-point state of a module, in state-dict order: what a shared VTC sends.
 

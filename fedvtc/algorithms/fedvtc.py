@@ -41,7 +41,7 @@ from fedvtc.training import (
     synthesize,
     train_vtc,
 )
-from fedvtc.vtc import VTC, load_shared_arrays, shared_arrays, shared_shapes
+from fedvtc.vtc import VTC, AdaptedVTC, load_shared_arrays, shared_arrays, shared_shapes
 
 SCHEDULES = ("every_round", "final", "off")
 SYNTHESIS_CLASSES = ("all", "missing")
@@ -222,9 +222,9 @@ def build_adapter(run: RunSettings) -> torch.nn.Linear:
     return adapter
 
 
-def decoder_of(vtc: VTC, adapter: torch.nn.Module | None) -> torch.nn.Module:
+def decoder_of(vtc: VTC, adapter: torch.nn.Module | None) -> VTC | AdaptedVTC:
     """What turns a latent into an image: the VTC, behind the client's adapter when it has one."""
-    return vtc if adapter is None else torch.nn.Sequential(adapter, vtc)
+    return vtc if adapter is None else AdaptedVTC(adapter, vtc)
 
 
 class FedVTCClient(HeteroClient):
