@@ -78,6 +78,7 @@ ADDED_KEYS: dict[tuple[str, ...], Any] = {
     ("algorithm", "vtc", "style_beta"): 1.0,
     ("algorithm", "vtc", "style_reads_class"): False,
     ("algorithm", "synthesis", "augment"): 0.0,
+    ("algorithm", "vtc", "train_input"): "features",
 }
 
 

@@ -178,6 +178,8 @@ def train_local(
 
 
 DM_SPACES = ("features", "logits")
+# What the VTC decodes in training: the image's features g(x) (METHOD.md §2) or its class's pooled mean.
+VTC_INPUTS = ("features", "class_mean")
 NORM_STATS = ("update", "frozen")
 
 
@@ -199,6 +201,7 @@ def train_vtc(
     encoder_weight: float = 1.0,
     train_noise: float = 1.0,
     style_beta: float = 1.0,
+    train_input: str = "features",
 ) -> dict[str, float]:
     """Train the VTC with the classifier frozen: reconstruction + dm_weight * distribution matching.
 
@@ -219,10 +222,18 @@ def train_vtc(
     ``style_beta`` = 1 is the ELBO of a unit-variance Gaussian likelihood on the normalized pixels
     (the MSE is its per-pixel mean); DM draws u from the prior.
 
+    ``train_input="class_mean"`` (a reading) decodes c^y + train_noise * sigma_y * eps instead, the
+    pooled Gaussian of the image's class, which is what synthesis draws from: every client then
+    trains the shared decoder on the same inputs, whatever its extractor; the extractor is not run.
+
     Returns the mean reconstruction, DM and style-KL losses over the steps.
     """
     if dm_space not in DM_SPACES:
         raise ValueError(f"dm_space must be one of {DM_SPACES}, got {dm_space!r}")
+    if train_input not in VTC_INPUTS:
+        raise ValueError(f"train_input must be one of {VTC_INPUTS}, got {train_input!r}")
+    if train_input == "class_mean" and encoder_optimizer is not None:
+        raise ValueError("train_input='class_mean' runs no extractor, so it cannot train one as the encoder")
     device = next(vtc.parameters()).device
     model.eval()  # frozen: BatchNorm uses its running statistics and is not updated
     model.requires_grad_(False)
@@ -244,8 +255,11 @@ def train_vtc(
                 if encoder_optimizer is not None:
                     encoder_optimizer.zero_grad(set_to_none=True)
                     model.extractor.requires_grad_(True)
-                with torch.set_grad_enabled(encoder_optimizer is not None):
-                    z = model.forward_features(x)
+                if train_input == "class_mean":  # every client's decoder reads the same inputs
+                    z = target.means[y]
+                else:
+                    with torch.set_grad_enabled(encoder_optimizer is not None):
+                        z = model.forward_features(x)
                 noise = torch.randn(z.shape, generator=generator).to(device)  # drawn at any scale: same stream
                 if train_noise != 1.0:
                     noise = noise * train_noise

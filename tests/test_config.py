@@ -32,6 +32,8 @@ def test_every_experiment_preset_composes_and_validates(preset: str, tmp_path: P
         (["+algorithm.typo=1"], "unknown key(s) ['typo']"),
         (["algorithm.vtc.train_noise=-0.5"], "algorithm.vtc.train_noise, algorithm.synthesis.noise_scale and"),
         (["algorithm.synthesis.augment=-1"], "algorithm.synthesis.augment must be >= 0"),
+        (["algorithm.vtc.train_input=pixels"], "algorithm.vtc.train_input must be one of"),
+        (["algorithm.vtc.train_input=class_mean", "algorithm.vtc.train_encoder=true"], "decodes no features"),
         (["algorithm=fedvtc_private_vtc", "algorithm.vtc.adapter=true"], "algorithm.vtc.adapter=true maps"),
         (["algorithm.synthesis.source=oracle_mean"], "trains no VTC, so algorithm.shared_vtc=true"),
         (["algorithm.finetune.data=real"], "trains no VTC, so algorithm.shared_vtc=true"),

@@ -47,6 +47,7 @@ READING_OPTIONS = [
     ["algorithm.shared_vtc=true", "algorithm.vtc.train_encoder=true", "algorithm.vtc.synthesize_from=global",
      "algorithm.vtc.style_dim=4", "algorithm.vtc.style_beta=0.5", "algorithm.vtc.style_reads_class=true",
      "algorithm.synthesis.augment=1.0", "num_rounds=3"],
+    ["algorithm=fedvtc_style", "algorithm.vtc.train_input=class_mean", "algorithm.vtc.dm_weight=0.5", "num_rounds=3"],
 ]
 
 

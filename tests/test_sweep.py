@@ -142,6 +142,8 @@ def test_a_cell_saved_before_an_option_existed_is_that_option_at_its_former_valu
     assert finished_cell(tmp_path, styled) is None
     oracle = {**now, "algorithm": {**now["algorithm"], "synthesis": {"per_class": 50, "source": "oracle_mean"}}}
     assert finished_cell(tmp_path, oracle) is None
+    assert finished_cell(tmp_path, {**now, "algorithm": {**now["algorithm"], "vtc": {
+        **now["algorithm"]["vtc"], "train_input": "features"}}}) == run
     posed = {**now, "algorithm": {**now["algorithm"], "synthesis": {"per_class": 50, "source": "vtc", "augment": 1.0}}}
     assert finished_cell(tmp_path, posed) is None
     assert with_added_keys({"algorithm": {"name": "local"}}) == {"algorithm": {"name": "local"}}

@@ -176,6 +176,45 @@ def test_train_noise_scales_the_noise_on_the_features():
     assert loss(1.0) != pytest.approx(clean, rel=1e-3)
 
 
+def test_the_class_mean_input_decodes_the_pooled_gaussian_whatever_the_extractor():
+    """train_input=class_mean: the decoder trains on c^y + sigma_y * eps, so two clients with
+    different extractors (and the same seed) train it identically; with features they do not.
+    Without noise, one step at learning rate 0 reports the reconstruction from the class means."""
+    from fedvtc.data import ImageSet
+    from fedvtc.training import GlobalGaussians, train_vtc
+    from fedvtc.zoo import create_model
+
+    data = ImageSet(torch.randn(12, 1, 28, 28), torch.tensor([0, 1, 2] * 4))
+    target = GlobalGaussians(present=torch.tensor([True, True, True]), means=torch.randn(3, 8),
+                             variances=torch.full((3, 8), 0.5), second=torch.full((3, 8), 0.5))
+
+    def trained_vtc(extractor_seed: int, train_input: str) -> list[torch.Tensor]:
+        torch.manual_seed(extractor_seed)
+        model = create_model("cnn_s", num_classes=3, feature_dim=8, in_channels=1, image_size=28)
+        torch.manual_seed(0)
+        vtc = VTC(8, 28, 1, [0.5], [0.5], width=4)
+        train_vtc(vtc, model, data, torch.optim.Adam(vtc.parameters(), 1e-2), target, steps=3, batch_size=4,
+                  generator=torch.Generator().manual_seed(0), dm_weight=0.0, dm_per_class=2, train_input=train_input)
+        return [p.detach().clone() for p in vtc.parameters()]
+
+    same = [torch.equal(a, b) for a, b in zip(trained_vtc(1, "class_mean"), trained_vtc(2, "class_mean"))]
+    differ = [torch.equal(a, b) for a, b in zip(trained_vtc(1, "features"), trained_vtc(2, "features"))]
+    assert all(same) and not all(differ)
+
+    torch.manual_seed(0)
+    vtc = VTC(8, 28, 1, [0.5], [0.5], width=4).train()
+    model = create_model("cnn_s", num_classes=3, feature_dim=8, in_channels=1, image_size=28)
+    with torch.no_grad():
+        expected = float(torch.nn.functional.mse_loss(vtc(target.means[data.y]), data.x))
+    reported = train_vtc(vtc, model, data, torch.optim.SGD(vtc.parameters(), lr=0.0), target, steps=1, batch_size=12,
+                         generator=torch.Generator().manual_seed(0), dm_weight=0.0, dm_per_class=2,
+                         train_noise=0.0, train_input="class_mean")["vtc_rec_loss"]
+    assert reported == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="train_input must be one of"):
+        train_vtc(vtc, model, data, torch.optim.SGD(vtc.parameters(), lr=0.0), target, steps=1, batch_size=12,
+                  generator=torch.Generator(), dm_weight=0.0, dm_per_class=2, train_input="pixels")
+
+
 @pytest.mark.parametrize("norm_stats", ["update", "frozen"])
 def test_finetuning_moves_batchnorm_statistics_only_when_asked(norm_stats):
     """``finetune.norm_stats=frozen``: the weights learn, BatchNorm's running statistics stay."""

@@ -38,6 +38,7 @@ from fedvtc.training import (
     finetune,
     DM_SPACES,
     NORM_STATS,
+    VTC_INPUTS,
     synthesize,
     train_vtc,
 )
@@ -88,6 +89,10 @@ class VTCSettings:
     # gives it in training, the prior N(0, I) at synthesis, so that what varies within a class is
     # learned in pixel space, which every client shares (RESULTS.md §1, "style code").
     style_dim: int = 0
+    # What the VTC decodes in training (VTC_INPUTS): "features", the image's g(x) (METHOD.md §2), or
+    # "class_mean", the pooled mean c^y of its class, so that every client trains the averaged decoder
+    # on the same inputs (the pooled Gaussians that synthesis draws from), whatever its extractor.
+    train_input: str = "features"
     # Weight of the style code's KL (1 = the ELBO of a unit-variance Gaussian pixel likelihood).
     style_beta: float = 1.0
     # Does the style encoder also read the image's class, q(u | x, y) as a conditional VAE's does?
@@ -155,6 +160,7 @@ class FedVTCSettings:
             "finetune.scope": (self.finetune.scope, ("full", "head")),
             "finetune.norm_stats": (self.finetune.norm_stats, NORM_STATS),
             "vtc.dm_space": (self.vtc.dm_space, DM_SPACES),
+            "vtc.train_input": (self.vtc.train_input, VTC_INPUTS),
             "vtc.synthesize_from": (self.vtc.synthesize_from, ("local", "global")),
         }
         for key, (value, allowed) in choices.items():
@@ -192,6 +198,9 @@ FEDVTC_CHECKS: list[_FedVTCCheck] = [
                f"{a.synthesis.source} trains no VTC, so algorithm.shared_vtc=true would average and send "
                "an untrained one; set algorithm.shared_vtc=false, as algorithm=fedvtc_real_finetune and "
                "fedvtc_oracle_* do"),
+    (lambda a: not (a.vtc.train_encoder and a.vtc.train_input == "class_mean"),
+     lambda a: "algorithm.vtc.train_encoder=true trains the extractor through the decoder, and "
+               "algorithm.vtc.train_input=class_mean decodes no features: set one of them"),
     (lambda a: not (a.vtc.adapter and a.vtc.style_dim),
      lambda a: "algorithm.vtc.adapter=true and algorithm.vtc.style_dim > 0 are two readings that do not "
                "combine (the adapter maps the features alone); set one of them"),
@@ -378,6 +387,7 @@ class FedVTCClient(HeteroClient):
                 dm_weight=a.vtc.dm_weight, dm_per_class=a.vtc.dm_per_class, grad_clip=a.vtc.grad_clip,
                 dm_space=a.vtc.dm_space, encoder_optimizer=self.optimizer if a.vtc.train_encoder else None,
                 encoder_weight=a.vtc.encoder_weight, train_noise=a.vtc.train_noise, style_beta=a.vtc.style_beta,
+                train_input=a.vtc.train_input,
             )
         self.round_metrics.update(losses)
 
