@@ -77,6 +77,10 @@ class VTCSettings:
     # METHOD.md §2): at 1 the noise is as large as the class's whole spread, so the decoder can keep
     # little of an image beyond its class (RESULTS.md §1, "why").
     train_noise: float = 1.0
+    # What the VTC decodes in training (VTC_INPUTS): "features", the image's g(x) (METHOD.md §2), or
+    # "class_mean", the pooled mean c^y of its class, so that every client trains the averaged decoder
+    # on the same inputs (the pooled Gaussians that synthesis draws from), whatever its extractor.
+    train_input: str = "features"
     # Which decoder synthesizes: "local" (this client's, after its VTC steps of the round) or
     # "global" (with a shared VTC: the server's average as received, before this client's steps;
     # a private VTC has no average and synthesizes with its own).
@@ -89,10 +93,6 @@ class VTCSettings:
     # gives it in training, the prior N(0, I) at synthesis, so that what varies within a class is
     # learned in pixel space, which every client shares (RESULTS.md §1, "style code").
     style_dim: int = 0
-    # What the VTC decodes in training (VTC_INPUTS): "features", the image's g(x) (METHOD.md §2), or
-    # "class_mean", the pooled mean c^y of its class, so that every client trains the averaged decoder
-    # on the same inputs (the pooled Gaussians that synthesis draws from), whatever its extractor.
-    train_input: str = "features"
     # Weight of the style code's KL (1 = the ELBO of a unit-variance Gaussian pixel likelihood).
     style_beta: float = 1.0
     # Does the style encoder also read the image's class, q(u | x, y) as a conditional VAE's does?
