@@ -146,9 +146,10 @@ def sources_of_kept(runs: Iterable[Run], kept: dict[str, set[str]]) -> dict[str,
     """The code identities (``code_identity``) of the runs at a kept commit, with the labels kept."""
     sources: dict[str, set[str]] = defaultdict(set)
     for run in runs:
-        commit = (run["meta"].get("code") or {}).get("git_commit") or ""
+        code = run["meta"].get("code") or {}
+        commit = code.get("git_commit") or ""
         for c, labels in kept.items():
-            if commit.startswith(c) and run["meta"].get("code", {}).get("source_sha256"):
+            if commit.startswith(c) and code.get("source_sha256"):
                 sources[code_identity(run)] |= labels
     return dict(sources)
 
