@@ -557,19 +557,18 @@ def stop_process(proc: Proc, *, grace: float = 10) -> None:
 
 
 def _signal_trees(procs: Sequence[Proc], sig: signal.Signals, *, then_continue: bool = False) -> list[int]:
-    """Send ``sig`` to every process group and every process of the trees of ``procs``; with
-    ``then_continue``, SIGCONT after it to each process (a frozen one handles SIGTERM only once let
-    run). Returns the processes that were alive."""
+    """Send ``sig`` once to every process of the trees of ``procs`` (their process groups' members
+    included: ``track`` adds them); with ``then_continue``, SIGCONT after it (a frozen process
+    handles SIGTERM only once let run). Returns the processes that were alive.
+
+    Once, not also through ``killpg``: Flower's processes take a first SIGTERM as a request to shut
+    down gracefully and reset their handlers, so a second one is the default, immediate death, and
+    a SuperNode that gets two never signs off at the SuperLink (which then counts it online, and
+    refuses it back, until its heartbeat expires a minute later)."""
     table = _ps()
     track(procs, table)
     alive = [pid for proc in procs for pid in _alive(proc, table)]
-    for pgid in {table[pid][1] for pid in alive} | {p.pid for p in procs}:
-        if pgid > 1 and pgid != os.getpgrp():
-            try:
-                os.killpg(pgid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-    for pid in alive:
+    for pid in dict.fromkeys(alive):
         try:
             os.kill(pid, sig)
             if then_continue:
@@ -600,8 +599,8 @@ def resume_process(proc: Proc) -> None:
 
 
 def stop_processes(procs: Sequence[Proc], *, grace: float = 10) -> None:
-    """Stop several process trees at once: SIGTERM to every process group and process of theirs,
-    wait up to ``grace`` seconds, then SIGKILL to whatever is left."""
+    """Stop several process trees at once: SIGTERM once to every process of theirs, wait up to
+    ``grace`` seconds, then SIGKILL to whatever is left."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
         left = _signal_trees(procs, sig, then_continue=sig == signal.SIGTERM)
         if not left:

@@ -6,6 +6,9 @@ Every test checks that no process it started (or that those started) is left.
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -89,6 +92,41 @@ def test_a_process_tree_is_frozen_let_run_and_stopped_whole(tmp_path: Path) -> N
     D.stop_processes([proc], grace=5)
     assert D._alive(proc, D._ps()) == [] and not proc.alive()
     assert time.monotonic() - started < 5  # ended by its SIGTERM, not by the SIGKILL after the grace
+
+
+def test_a_stopped_process_gets_one_sigterm(tmp_path: Path, monkeypatch) -> None:
+    """stop_processes sends SIGTERM once to each process. Flower's processes, like this one, take
+    the first as a request to shut down gracefully and put the default handler back, so a second
+    one is an immediate death: a SuperNode that got two (once through its process group, once by
+    pid) never signed off at the SuperLink."""
+    script = ("import signal, sys, time\n"
+              "def on_term(*_):\n"
+              "    signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+              "    time.sleep(1.0)\n"  # the graceful shutdown's work, e.g. signing off
+              "    open(sys.argv[1], 'w').write('signed off')\n"
+              "    sys.exit(0)\n"
+              "signal.signal(signal.SIGTERM, on_term)\n"
+              "print('re' + 'ady', flush=True)\n"
+              "time.sleep(300)\n")
+    dep = D.Deployment(workdir=tmp_path)
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    proc = D.start_process(dep, "graceful", [sys.executable, "-c", script, str(tmp_path / "done")])
+    D.wait_for_log(proc, "ready", timeout=30)
+    # Whether two signals sent microseconds apart both land is a race, so count what is sent.
+    sent: list[int] = []
+
+    def counting(send):
+        def signal_and_count(target: int, sig: int) -> None:
+            if sig == signal.SIGTERM:
+                sent.append(target)
+            send(target, sig)
+        return signal_and_count
+
+    monkeypatch.setattr(os, "kill", counting(os.kill))
+    monkeypatch.setattr(os, "killpg", counting(os.killpg))
+    D.stop_processes([proc], grace=10)
+    assert sent == [proc.pid]  # the process leads its own group: a killpg would have reached it too
+    assert proc.popen.returncode == 0 and (tmp_path / "done").read_text() == "signed off"
 
 
 def test_the_fab_carries_only_the_package_and_its_configs() -> None:

@@ -52,6 +52,7 @@ def secure_run(flower_env: dict[str, str], data_dir: Path, tmp_path_factory: pyt
             D.resume_process(nodes[0])
         out.status = D.wait_run(dep, run, timeout=RUN_TIMEOUT, watch=[dep.procs[0], nodes[0], restarted])
         out.restarted_log = restarted.log.read_text()
+        out.restarted_name = restarted.name
         listed = D.flwr_cli(dep, ["supernode", "list", D.CONNECTION, "--format", "json"])
         out.listed = json.loads(listed.stdout)["nodes"]
         out.intruder_alive = out.intruder.alive()
@@ -100,6 +101,9 @@ def test_restarted_supernode_rejoins_with_its_state(secure_run: SimpleNamespace,
     assert secure_run.state_before, "node 1 had saved no state before it was stopped"
     assert secure_run.status == "finished:completed"
     assert f"SuperNode ID: {secure_run.node_ids[1]}" in secure_run.restarted_log
+    # Stopped, it signed off, so the SuperLink let it back in at once (not after its heartbeat expired).
+    assert f"Deactivated node_id={secure_run.node_ids[1]}" in (secure_run.dep.logs / "superlink.log").read_text()
+    assert secure_run.restarted_name == "supernode1-restart1"
     assert "ROUND 2]" in secure_run.restarted_log and "Sent successfully" in secure_run.restarted_log
     results = secure_run.results
     assert [c["cid"] for c in results["final"]["clients"]] == [0, 1]
