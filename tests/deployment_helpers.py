@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable, TypeVar
 
 from fedvtc import deploy as D
 from helpers import REPO
@@ -18,6 +20,23 @@ from helpers import REPO
 # model before round 1 and nothing to what these tests check).
 OVERRIDES = "experiment=debug num_clients=2 eval.reference_model=null"
 RUN_TIMEOUT = 420  # seconds per deployment; the whole run takes 1-2 minutes on 2 idle cores
+
+Deployed = TypeVar("Deployed")
+Simulated = TypeVar("Simulated")
+
+
+def deploy_beside(deploy: Callable[[], Deployed], simulate: Callable[[], Simulated]) -> tuple[Deployed, Simulated]:
+    """Run ``deploy`` (it starts a deployment's processes and mostly waits on them: for messages,
+    heartbeats, restarts) in a thread, and meanwhile ``simulate`` here (the simulation the test
+    compares it with: Flower and Ray want the main thread). Both results, once both are done; the
+    deployment is waited for even if the simulation fails, so that it stops its processes."""
+    with ThreadPoolExecutor(1, thread_name_prefix="deployment") as pool:
+        deployed = pool.submit(deploy)
+        try:
+            simulated = simulate()
+        finally:
+            result = deployed.result()
+    return result, simulated
 
 
 def start_launcher(flower_env: dict[str, str], workdir: Path, *args: str) -> D.Proc:

@@ -19,7 +19,7 @@ import pytest
 from fedvtc import deploy as D
 from fedvtc.config import ConfigError
 from fedvtc.flwr_config import for_node
-from deployment_helpers import (RUN_TIMEOUT, check_shape, interrupt_launcher, leftover_of, results_of, round_metrics,
+from deployment_helpers import (RUN_TIMEOUT, check_shape, deploy_beside, interrupt_launcher, leftover_of, results_of, round_metrics,
                                 start_launcher, wait_launcher)
 from helpers import compose_config
 
@@ -199,14 +199,22 @@ def test_launcher_checks_clients_against_the_config() -> None:
 
 
 @pytest.fixture(scope="module")
-def launcher_run(flower_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """``python -m fedvtc.deploy`` with 2 insecure SuperNodes, its process tree tracked from outside."""
+def launcher_run(flower_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
+                 request: pytest.FixtureRequest) -> SimpleNamespace:
+    """``python -m fedvtc.deploy`` with 2 insecure SuperNodes, its process tree tracked from outside;
+    meanwhile, the simulation it must reproduce."""
     workdir = tmp_path_factory.mktemp("deploy_insecure")
-    start = time.monotonic()
-    launcher = start_launcher(flower_env, workdir, "--timeout", str(RUN_TIMEOUT))
-    wait_launcher(launcher, RUN_TIMEOUT + 120)
-    return SimpleNamespace(workdir=workdir, rc=launcher.popen.returncode, output=launcher.log.read_text(),
-                           tree=launcher.tree, left=leftover_of(launcher), seconds=time.monotonic() - start)
+
+    def deploy() -> SimpleNamespace:
+        start = time.monotonic()
+        launcher = start_launcher(flower_env, workdir, "--timeout", str(RUN_TIMEOUT))
+        wait_launcher(launcher, RUN_TIMEOUT + 120)
+        return SimpleNamespace(workdir=workdir, rc=launcher.popen.returncode, output=launcher.log.read_text(),
+                               tree=launcher.tree, left=leftover_of(launcher), seconds=time.monotonic() - start)
+
+    run, simulated = deploy_beside(deploy, lambda: request.getfixturevalue("simulated"))
+    run.simulated = simulated
+    return run
 
 
 @pytest.mark.slow
@@ -226,11 +234,11 @@ def test_launcher_insecure_deployment(launcher_run: SimpleNamespace) -> None:
 
 
 @pytest.mark.slow
-def test_deployment_gives_the_simulations_metrics(launcher_run: SimpleNamespace, simulated: dict) -> None:
+def test_deployment_gives_the_simulations_metrics(launcher_run: SimpleNamespace) -> None:
     """The same config and seed deployed and simulated: the same metrics, client for client."""
     deployed = results_of(launcher_run.workdir / "results")
-    assert round_metrics(deployed) == round_metrics(simulated)
-    assert deployed["final"]["clients"] == simulated["final"]["clients"]
+    assert round_metrics(deployed) == round_metrics(launcher_run.simulated)
+    assert deployed["final"]["clients"] == launcher_run.simulated["final"]["clients"]
 
 
 @pytest.mark.slow

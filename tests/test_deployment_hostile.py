@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from deployment_helpers import RUN_TIMEOUT, results_of
+from deployment_helpers import RUN_TIMEOUT, deploy_beside, results_of
 from fedvtc import deploy as D
 
 pytestmark = pytest.mark.slow
@@ -25,26 +25,33 @@ OVERRIDES = "experiment=debug num_clients=3 num_rounds=4 eval.every=4 eval.refer
 
 
 @pytest.fixture(scope="module")
-def hostile_run(flower_env: dict[str, str], data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def hostile_run(flower_env: dict[str, str], data_dir: Path, warm_simulation, tmp_path_factory: pytest.TempPathFactory):
     dep = D.prepare(tmp_path_factory.mktemp("deploy_hostile"), clients=3)
     dep.env = dict(flower_env, FLWR_HOME=str(dep.flwr_home))
-    try:
-        D.start_superlink(dep)
-        watch = [dep.procs[0]]
-        for i in range(3):
-            env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(HOSTILE), dep.env.get("PYTHONPATH")]))} if i == 2 else None
-            watch.append(D.start_supernode(dep, i, 3, data_dir=data_dir, env=env))
-        run = D.start_run(dep, OVERRIDES)
-        status = D.wait_run(dep, run, timeout=RUN_TIMEOUT, watch=watch)
-        log = run.log.read_text(errors="replace")
-    finally:
-        D.stop_all(dep)
-    results = results_of(dep.results) if (dep.results / "results.json").exists() else None
-    return status, results, log, D.leftover_pids(dep)
+
+    def deploy():
+        try:
+            D.start_superlink(dep)
+            watch = [dep.procs[0]]
+            for i in range(3):
+                env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(HOSTILE), dep.env.get("PYTHONPATH")]))} if i == 2 else None
+                watch.append(D.start_supernode(dep, i, 3, data_dir=data_dir, env=env))
+            run = D.start_run(dep, OVERRIDES)
+            status = D.wait_run(dep, run, timeout=RUN_TIMEOUT, watch=watch)
+            log = run.log.read_text(errors="replace")
+        finally:
+            D.stop_all(dep)
+        results = results_of(dep.results) if (dep.results / "results.json").exists() else None
+        return status, results, log, D.leftover_pids(dep)
+
+    # The honest clients alone: the simulation where client 2 fails every round (and so sends
+    # nothing), run while the deployment runs.
+    return deploy_beside(deploy, lambda: warm_simulation(
+        [*shlex.split(OVERRIDES), "faults.clients=[2]", "faults.rounds=[1,2,3,4]"], tmp_path_factory.mktemp("hostile_alone")))
 
 
-def test_a_hostile_supernode_is_rejected_and_pooled_around(hostile_run, warm_simulation, tmp_path: Path) -> None:
-    status, results, log, left = hostile_run
+def test_a_hostile_supernode_is_rejected_and_pooled_around(hostile_run) -> None:
+    (status, results, log, left), alone = hostile_run
     assert status == "finished:completed", log[-3000:]
     assert left == []
     rounds = results["rounds"]
@@ -58,6 +65,5 @@ def test_a_hostile_supernode_is_rejected_and_pooled_around(hostile_run, warm_sim
         assert reason in log
     # Every round pooled the honest clients alone: they end as in the simulation where client 2
     # fails every round (and so sends nothing).
-    alone = warm_simulation([*shlex.split(OVERRIDES), "faults.clients=[2]", "faults.rounds=[1,2,3,4]"], tmp_path)
     assert [r["failures"] for r in alone["rounds"]] == [1] * 4
     assert results["final"]["clients"][:2] == alone["final"]["clients"][:2]

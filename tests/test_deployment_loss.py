@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from deployment_helpers import RUN_TIMEOUT, results_of
+from deployment_helpers import RUN_TIMEOUT, deploy_beside, results_of
 from fedvtc import deploy as D
 
 pytestmark = pytest.mark.slow
@@ -29,37 +29,46 @@ ROUND_2_LOST = "aggregate_fit: received 1 results and 1 failures"
 
 
 @pytest.fixture(scope="module")
-def lost_node_run(flower_env: dict[str, str], data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+def lost_node_run(flower_env: dict[str, str], data_dir: Path, warm_simulation,
+                  tmp_path_factory: pytest.TempPathFactory) -> dict:
     dep = D.prepare(tmp_path_factory.mktemp("deploy_loss"), tls=True, auth=True, clients=2)
     dep.env = dict(flower_env, FLWR_HOME=str(dep.flwr_home))
-    out = {}
-    try:
-        D.start_superlink(dep)
-        node_ids = [D.register_node(dep, Path(f"{dep.node_key(i)}.pub")) for i in range(2)]
-        nodes = [D.start_supernode(dep, i, 2, data_dir=data_dir) for i in range(2)]
-        run = D.start_run(dep, OVERRIDES)
-        # Round 1 sends node 1 a train and an evaluate message; the third ClientApp is round 2's training.
-        D.wait_for_log(nodes[1], CLIENTAPP_STARTS, count=3, timeout=RUN_TIMEOUT)
-        time.sleep(1.0)  # its ClientApp process is importing and training now
-        out["state_before"] = sorted(dep.state_dir(1).glob("run-*/client_1.pt"))
-        D.kill_process(nodes[1])
-        # Restart only once the ServerApp has counted the loss: a node back online before the
-        # SuperLink answered "Node Unavailable" for its lost message leaves round 2 waiting for a
-        # reply that never comes (seen in CI).
-        D.wait_for_log(run, ROUND_2_LOST, timeout=RUN_TIMEOUT)
-        restarted = D.restart_supernode(dep, 1, 2, data_dir=data_dir)
-        out["status"] = D.wait_run(dep, run, timeout=RUN_TIMEOUT, watch=[dep.procs[0], nodes[0], restarted])
-        out["restarted_log"] = restarted.log.read_text(errors="replace")
-        out["node_ids"] = node_ids
-        out["run_log"] = run.log.read_text(errors="replace")
-    finally:
-        D.stop_all(dep)
-    out["left"] = D.leftover_pids(dep)
-    out["results"] = results_of(dep.results) if (dep.results / "results.json").exists() else None
-    return out
+
+    def deploy() -> dict:
+        out = {}
+        try:
+            D.start_superlink(dep)
+            node_ids = [D.register_node(dep, Path(f"{dep.node_key(i)}.pub")) for i in range(2)]
+            nodes = [D.start_supernode(dep, i, 2, data_dir=data_dir) for i in range(2)]
+            run = D.start_run(dep, OVERRIDES)
+            # Round 1 sends node 1 a train and an evaluate message; the third ClientApp is round 2's training.
+            D.wait_for_log(nodes[1], CLIENTAPP_STARTS, count=3, timeout=RUN_TIMEOUT)
+            time.sleep(1.0)  # its ClientApp process is importing and training now
+            out["state_before"] = sorted(dep.state_dir(1).glob("run-*/client_1.pt"))
+            D.kill_process(nodes[1])
+            # Restart only once the ServerApp has counted the loss: a node back online before the
+            # SuperLink answered "Node Unavailable" for its lost message leaves round 2 waiting for a
+            # reply that never comes (seen in CI).
+            D.wait_for_log(run, ROUND_2_LOST, timeout=RUN_TIMEOUT)
+            restarted = D.restart_supernode(dep, 1, 2, data_dir=data_dir)
+            out["status"] = D.wait_run(dep, run, timeout=RUN_TIMEOUT, watch=[dep.procs[0], nodes[0], restarted])
+            out["restarted_log"] = restarted.log.read_text(errors="replace")
+            out["node_ids"] = node_ids
+            out["run_log"] = run.log.read_text(errors="replace")
+        finally:
+            D.stop_all(dep)
+        out["left"] = D.leftover_pids(dep)
+        out["results"] = results_of(dep.results) if (dep.results / "results.json").exists() else None
+        return out
+
+    # The same config simulated, client 1 failing in round 2, while the deployment waits (a minute
+    # of it for the lost node's heartbeat to expire).
+    out, alone = deploy_beside(deploy, lambda: warm_simulation(
+        [*shlex.split(OVERRIDES), "faults.clients=[1]", "faults.rounds=[2]"], tmp_path_factory.mktemp("loss_alone")))
+    return {**out, "alone": alone}
 
 
-def test_a_supernode_lost_mid_round_costs_that_round_only(lost_node_run, warm_simulation, tmp_path: Path) -> None:
+def test_a_supernode_lost_mid_round_costs_that_round_only(lost_node_run) -> None:
     run = lost_node_run
     assert run["status"] == "finished:completed", run["run_log"][-3000:]
     assert run["left"] == []
@@ -71,7 +80,7 @@ def test_a_supernode_lost_mid_round_costs_that_round_only(lost_node_run, warm_si
     assert run["state_before"], "node 1 had saved no state before it was killed"
     # The same config simulated, client 1 failing in round 2: the same training, number for number
     # (round 2's evaluation may lack client 1 in the deployment, if it was still away then).
-    alone = warm_simulation([*shlex.split(OVERRIDES), "faults.clients=[1]", "faults.rounds=[2]"], tmp_path)
+    alone = run["alone"]
     keys = ("accepted", "failures", "bytes_up")
     assert [tuple(r[k] for k in keys) for r in rounds] == [tuple(r[k] for k in keys) for r in alone["rounds"]]
     metrics = ("global_accuracy", "local_accuracy", "bytes_up", "bytes_down")

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from deployment_helpers import (OVERRIDES, RUN_TIMEOUT, interrupt_launcher, leftover_of, results_of, round_metrics,
+from deployment_helpers import (OVERRIDES, RUN_TIMEOUT, deploy_beside, interrupt_launcher, leftover_of, results_of, round_metrics,
                                 start_launcher, wait_launcher)
 from fedvtc import deploy as D
 from fedvtc import netns
@@ -43,16 +43,25 @@ def _left(names: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def netns_run(flower_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+def netns_run(flower_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
+              request: pytest.FixtureRequest) -> SimpleNamespace:
     workdir = tmp_path_factory.mktemp("deploy_netns")
-    launcher = _launch(flower_env, workdir, "--timeout", str(RUN_TIMEOUT))
-    wait_launcher(launcher, RUN_TIMEOUT + 120)
-    names = _namespaces_of(launcher.log)
-    return SimpleNamespace(workdir=workdir, rc=launcher.popen.returncode, output=launcher.log.read_text(errors="replace"),
-                           namespaces=names, left=leftover_of(launcher), namespaces_left=_left(names) if names else None)
+
+    def deploy() -> SimpleNamespace:
+        launcher = _launch(flower_env, workdir, "--timeout", str(RUN_TIMEOUT))
+        wait_launcher(launcher, RUN_TIMEOUT + 120)
+        names = _namespaces_of(launcher.log)
+        return SimpleNamespace(workdir=workdir, rc=launcher.popen.returncode,
+                               output=launcher.log.read_text(errors="replace"), namespaces=names,
+                               left=leftover_of(launcher), namespaces_left=_left(names) if names else None)
+
+    # Meanwhile, the simulation it must reproduce.
+    run, simulated = deploy_beside(deploy, lambda: request.getfixturevalue("simulated"))
+    run.simulated = simulated
+    return run
 
 
-def test_a_deployment_across_namespaces_gives_the_simulations_metrics(netns_run, simulated: dict) -> None:
+def test_a_deployment_across_namespaces_gives_the_simulations_metrics(netns_run) -> None:
     assert netns_run.rc == 0, netns_run.output[-3000:]
     logs = netns_run.workdir / "logs"
     # Each process ran in its own namespace, the SuperLink on its own address, certified for it.
@@ -68,8 +77,8 @@ def test_a_deployment_across_namespaces_gives_the_simulations_metrics(netns_run,
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "10.213.0.1" in {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
     deployed = results_of(netns_run.workdir / "results")
-    assert round_metrics(deployed) == round_metrics(simulated)
-    assert deployed["final"]["clients"] == simulated["final"]["clients"]
+    assert round_metrics(deployed) == round_metrics(netns_run.simulated)
+    assert deployed["final"]["clients"] == netns_run.simulated["final"]["clients"]
     assert netns_run.left == [] and netns_run.namespaces_left == []
 
 
