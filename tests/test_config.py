@@ -174,7 +174,7 @@ def _shell_array(script: Path, name: str) -> list[str]:
     return re.findall(r'^\s*"(.*)"\s*$', body.group(1), re.M)
 
 
-def test_every_search_space_and_grid_of_the_baselines_tuning_names_real_settings() -> None:
+def test_every_search_space_and_grid_of_the_tuning_names_real_settings() -> None:
     """A knob misspelt in benchmarks/tune_baselines.sh would end its search at its first trial."""
     from omegaconf import OmegaConf
 
@@ -182,7 +182,7 @@ def test_every_search_space_and_grid_of_the_baselines_tuning_names_real_settings
     grids, spaces = _shell_array(script, "GRIDS"), _shell_array(script, "SPACES")
     # The script pairs a grid with a space by position.
     assert [g.split()[0] for g in grids] == [sp.split()[0] for sp in spaces] == [
-        f"algorithm={a}" for a in ("fedproto", "fedtgp", "ccvr", "fedgen", "fedtype")]
+        f"algorithm={a}" for a in ("fedvtc", "fedproto", "fedtgp", "ccvr", "fedgen", "fedtype")]
     lines = grids + spaces
     missing = object()
     for line in lines:
