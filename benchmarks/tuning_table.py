@@ -7,9 +7,11 @@ accuracy (RESULTS.md "Readings"), so a reader sees that each method had the same
 A configuration is a run of one seed (the first seed found, 0 in the readings) with a final
 validation accuracy; it is named by the algorithm settings that differ from the algorithm's
 defaults (conf/algorithm/<name>.yaml). A method is ``algorithm.label`` (so a control or ablation
-is its own method). ``--write-tuned DIR`` writes ``cpu_<algorithm>.yaml`` for each baseline whose
-best configuration is not its defaults, and removes the file of one whose defaults won
-(conf/tuning/cpu.yaml applies them): what was measured, never typed by hand.
+is its own method). ``--write-tuned DIR`` writes ``cpu_<dataset>_<algorithm>.yaml`` for each method
+whose search is done (``--budget`` configurations) and whose best configuration is not its defaults,
+and removes the file of one whose defaults won (conf/tuning/cpu.yaml applies them, each on its
+dataset): what was measured, never typed by hand. FedVTC gets a file where it was searched (on
+CIFAR-10: its alignment strength), and its variants take its values (``fedvtc_variants_sharing``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from omegaconf import OmegaConf
 from fedvtc.checkpoint import flatten_dotted
 
 REPO = Path(__file__).resolve().parents[1]
-FEDVTC_FAMILY = "fedvtc"  # its readings are FedVTC's budget; the baselines are given as many
+FEDVTC_FAMILY = "fedvtc"  # FedVTC's variants are "fedvtc_<change>"; they take FedVTC's tuned values
 
 
 def algorithm_defaults(name: str) -> dict[str, Any]:
@@ -129,25 +131,62 @@ def markdown(rows: list[dict[str, Any]], configs: dict[str, list[dict[str, Any]]
     return "\n".join(lines) + "\n"
 
 
+def dataset_of(configs: dict[str, list[dict[str, Any]]]) -> str:
+    """The dataset the configurations were scored on (``collect`` has checked it is one cell)."""
+    run = next(t["run"] for trials in configs.values() for t in trials)
+    return str(OmegaConf.load(Path(run) / "config.yaml").dataset.name)
+
+
+def _settings_file(settings: dict[str, Any], header: list[str]) -> str:
+    nested: dict[str, Any] = {}
+    for dotted, value in settings.items():
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value  # exactly the value measured, not a rounding of it
+    return "\n".join(header) + "\n" + OmegaConf.to_yaml(OmegaConf.create(nested))
+
+
+def fedvtc_variants_sharing(keys: set[str]) -> list[str]:
+    """FedVTC's variants (conf/algorithm/fedvtc_*.yaml) that set none of ``keys`` themselves: they
+    are "FedVTC with one change", so they run with FedVTC's tuned values (the real-data control
+    takes FedVTC's steps); a variant that sets a tuned key (``fedvtc_no_kl``) is about that key."""
+    variants = []
+    for path in sorted((REPO / "conf" / "algorithm").glob(f"{FEDVTC_FAMILY}_*.yaml")):
+        own = OmegaConf.to_container(OmegaConf.load(path))
+        own = {k: v for k, v in own.items() if k not in ("defaults", "label")}  # type: ignore[union-attr]
+        if not keys & set(flatten_dotted(own)):
+            variants.append(path.stem)
+    return variants
+
+
 def write_tuned(configs: dict[str, list[dict[str, Any]]], directory: Path, source: str, *,
-                budget: int = 14, seed: int = 0) -> list[Path]:
-    """``cpu_<algorithm>.yaml`` for each baseline whose best configuration is not its defaults; the
-    file of a baseline whose defaults won is removed, so the directory says what was measured. A
-    baseline with fewer than ``budget`` configurations is left alone (its search is not done)."""
+                prefix: str, budget: int = 14, seed: int = 0) -> list[Path]:
+    """``<prefix>_<algorithm>.yaml`` (``prefix`` = ``cpu_<dataset>``, which conf/config.yaml's
+    ``tuned: ${tuning}_${dataset}_${algorithm}`` applies) for each method whose best configuration
+    is not its defaults; the file of a method whose defaults won is removed, so the directory says
+    what was measured. A method with fewer than ``budget`` configurations is left alone (its search
+    is not done). FedVTC's file also gives its values to the variants that do not set them, by a
+    file per variant that names FedVTC's."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for method, trials in configs.items():
         best = trials[0]
-        if method.startswith(FEDVTC_FAMILY) or method == "local":
-            continue
+        if method == "local" or (method.startswith(FEDVTC_FAMILY) and method != FEDVTC_FAMILY):
+            continue  # a variant takes FedVTC's values (below); training alone has none
         if len(trials) < budget:
             print(f"{method}: {len(trials)} of {budget} configurations; its tuned file is left as it is")
             continue
+        stale = [directory / f"{prefix}_{method}.yaml"]
+        if method == FEDVTC_FAMILY:
+            stale += sorted(directory.glob(f"{prefix}_{FEDVTC_FAMILY}_*.yaml"))
+        for path in stale:
+            if path.exists():
+                path.unlink()
+                print(f"removed {path}")
         if not best["settings"]:
-            stale = directory / f"cpu_{method}.yaml"
-            if stale.exists():
-                stale.unlink()
-                print(f"removed {stale}: {method}'s defaults scored best")
+            print(f"{method}: its defaults scored best")
             continue
         default = next((t for t in trials if not t["settings"]), None)
         against = "" if default is None else f" against {100 * default['validation']:.1f} % with its defaults"
@@ -157,16 +196,20 @@ def write_tuned(configs: dict[str, list[dict[str, Any]]], directory: Path, sourc
             f"# ({source}; benchmarks/tune_baselines.sh, then benchmarks/tuning_table.py --write-tuned):",
             f"# {100 * best['validation']:.1f} %{against}, seed {seed} (RESULTS.md \"Readings\").",
         ]
-        nested: dict[str, Any] = {}
-        for dotted, value in best["settings"].items():
-            node = nested
-            *parents, leaf = dotted.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value  # exactly the value measured, not a rounding of it
-        path = directory / f"cpu_{method}.yaml"
-        path.write_text("\n".join(header) + "\n" + OmegaConf.to_yaml(OmegaConf.create(nested)))
+        path = directory / f"{prefix}_{method}.yaml"
+        path.write_text(_settings_file(best["settings"], header))
         written.append(path)
+        if method != FEDVTC_FAMILY:
+            continue
+        for variant in fedvtc_variants_sharing(set(best["settings"])):
+            path = directory / f"{prefix}_{variant}.yaml"
+            path.write_text("\n".join([
+                "# @package algorithm",
+                f"# {variant} is FedVTC with one change: it runs with FedVTC's tuned values on this dataset.",
+                "defaults:",
+                f"  - {prefix}_{method}",
+            ]) + "\n")
+            written.append(path)
     return written
 
 
@@ -175,9 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dirs", nargs="+", type=Path, help="directories searched (recursively) for results.json")
     parser.add_argument("--out", type=Path, help="write <out>.md and <out>.json")
     parser.add_argument("--seed", type=int, default=0, help="the seed the configurations were scored on (default 0)")
-    parser.add_argument("--write-tuned", type=Path, metavar="DIR", help="write each baseline's best as DIR/cpu_<algorithm>.yaml")
+    parser.add_argument("--write-tuned", type=Path, metavar="DIR",
+                        help="write each method's best as DIR/<tuning>_<dataset>_<algorithm>.yaml")
+    parser.add_argument("--tuning", default="cpu", help="the conf/tuning option the files are for (default cpu)")
     parser.add_argument("--budget", type=int, default=14,
-                        help="configurations a baseline needs before --write-tuned touches its file (default 14)")
+                        help="configurations a method needs before --write-tuned touches its file (default 14)")
     args = parser.parse_args(argv)
     missing = [str(d) for d in args.dirs if not d.is_dir()]
     if missing:
@@ -200,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(f"{args.out}.md").write_text(text)  # not with_suffix: "tuning_mnist_a0.1" has a dot
         Path(f"{args.out}.json").write_text(json.dumps({"summary": rows, "configurations": configs}, indent=1, default=str))
     if args.write_tuned:
-        for path in write_tuned(configs, args.write_tuned, " + ".join(map(str, args.dirs)),
+        prefix = f"{args.tuning}_{dataset_of(configs)}"
+        for path in write_tuned(configs, args.write_tuned, " + ".join(map(str, args.dirs)), prefix=prefix,
                                 budget=args.budget, seed=args.seed):
             print(f"wrote {path}")
     return 0

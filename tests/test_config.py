@@ -116,34 +116,69 @@ def test_table_presets_sweep_every_method_setting_and_ablation(scale: str) -> No
     assert cfg.num_rounds >= 20 and training_per_client >= 1000
 
 
-def test_the_cpu_table_runs_each_baseline_with_its_tuned_values() -> None:
-    """conf/tuning/cpu.yaml applies conf/tuned/cpu_<algorithm>.yaml (written by
-    benchmarks/tuning_table.py --write-tuned) over the algorithm's defaults in table_cpu only; the
-    command line still wins, and an algorithm without a file keeps its defaults."""
+def _tuned_files() -> dict[tuple[str, str], Path]:
+    """{(dataset, algorithm): conf/tuned/cpu_<dataset>_<algorithm>.yaml}."""
+    datasets = sorted((p.stem for p in (CONF / "dataset").glob("*.yaml")), key=len, reverse=True)
+    files = {}
+    for path in sorted((CONF / "tuned").glob("cpu_*.yaml")):
+        rest = path.stem.removeprefix("cpu_")
+        dataset = next((d for d in datasets if rest.startswith(f"{d}_")), None)
+        assert dataset, f"{path.name}: not cpu_<dataset>_<algorithm>.yaml"
+        files[dataset, rest.removeprefix(f"{dataset}_")] = path
+    return files
+
+
+def test_the_cpu_table_runs_each_method_with_its_tuned_values_on_each_dataset() -> None:
+    """conf/tuning/cpu.yaml applies conf/tuned/cpu_<dataset>_<algorithm>.yaml (written by
+    benchmarks/tuning_table.py --write-tuned) over the algorithm's defaults in table_cpu only, on
+    that dataset only; the command line still wins, and an algorithm without a file keeps its defaults."""
     from omegaconf import OmegaConf
 
     from fedvtc.checkpoint import flatten_dotted
 
-    tuned_files = sorted((CONF / "tuned").glob("cpu_*.yaml"))
-    assert tuned_files, "the CPU table's baselines have tuned values"
-    for path in tuned_files:
-        algorithm = path.stem.removeprefix("cpu_")
+    files = _tuned_files()
+    assert {d for d, _ in files} >= {"mnist"}, "the CPU table's baselines have tuned values"
+    for (dataset, algorithm), path in files.items():
+        if algorithm.startswith("fedvtc_"):
+            continue  # a variant names FedVTC's file (next test)
         tuned = flatten_dotted(OmegaConf.to_container(OmegaConf.load(path)))
-        in_table = compose_config(["experiment=table_cpu", f"algorithm={algorithm}"]).algorithm
-        alone = compose_config([f"algorithm={algorithm}"]).algorithm
+        assert tuned, path.name
+        in_table = compose_config(["experiment=table_cpu", f"dataset={dataset}", f"algorithm={algorithm}"]).algorithm
+        alone = compose_config([f"dataset={dataset}", f"algorithm={algorithm}"]).algorithm
         for key, value in tuned.items():
-            assert OmegaConf.select(in_table, key) == value != OmegaConf.select(alone, key), (algorithm, key)
-    key, value = next(iter(flatten_dotted(OmegaConf.to_container(OmegaConf.load(tuned_files[0]))).items()))
-    algorithm = tuned_files[0].stem.removeprefix("cpu_")
+            assert OmegaConf.select(in_table, key) == value != OmegaConf.select(alone, key), (path.name, key)
+    (dataset, algorithm), path = next(iter(files.items()))
+    key, value = next(iter(flatten_dotted(OmegaConf.to_container(OmegaConf.load(path))).items()))
     other = value + 1  # neither the tuned value nor, for the check to mean anything, the default
     assert other != OmegaConf.select(compose_config([f"algorithm={algorithm}"]).algorithm, key)
-    assert OmegaConf.select(compose_config(["experiment=table_cpu", f"algorithm={algorithm}",
+    assert OmegaConf.select(compose_config(["experiment=table_cpu", f"dataset={dataset}", f"algorithm={algorithm}",
                                             f"algorithm.{key}={other}"]).algorithm, key) == other
-    untuned = {"ccvr", "fedgen", "fedproto", "fedtgp", "fedtype"} - {p.stem.removeprefix("cpu_") for p in tuned_files}
-    for algorithm in untuned:
-        assert compose_config(["experiment=table_cpu", f"algorithm={algorithm}"]).algorithm == \
-            compose_config([f"algorithm={algorithm}"]).algorithm
-    assert compose_config(["experiment=table_cpu"]).algorithm == compose_config([]).algorithm  # FedVTC's own
+    for dataset in ("mnist", "cifar10"):
+        for algorithm in {"fedvtc", "ccvr", "fedgen", "fedproto", "fedtgp", "fedtype"} - {a for d, a in files if d == dataset}:
+            assert compose_config(["experiment=table_cpu", f"dataset={dataset}", f"algorithm={algorithm}"]).algorithm \
+                == compose_config([f"dataset={dataset}", f"algorithm={algorithm}"]).algorithm, (dataset, algorithm)
+
+
+def test_fedvtcs_variants_run_with_its_tuned_values_except_where_they_change_them() -> None:
+    """A variant is FedVTC with one change: on a dataset where FedVTC was tuned, the variant takes
+    FedVTC's tuned values (the real-data control takes FedVTC's steps), except the setting it is
+    about (fedvtc_no_kl keeps beta = 0)."""
+    from omegaconf import OmegaConf
+
+    from fedvtc.checkpoint import flatten_dotted
+
+    files = _tuned_files()
+    tuned_on = [d for d, a in files if a == "fedvtc"]
+    if not tuned_on:
+        pytest.skip("FedVTC has no tuned values on any dataset")
+    for dataset in tuned_on:
+        tuned = flatten_dotted(OmegaConf.to_container(OmegaConf.load(files[dataset, "fedvtc"])))
+        for variant in ("fedvtc_real_finetune", "fedvtc_dm", "fedvtc_head_only", "fedvtc_oracle_images"):
+            cfg = compose_config(["experiment=table_cpu", f"dataset={dataset}", f"algorithm={variant}"]).algorithm
+            for key, value in tuned.items():
+                assert OmegaConf.select(cfg, key) == value, (dataset, variant, key)
+        no_kl = compose_config(["experiment=table_cpu", f"dataset={dataset}", "algorithm=fedvtc_no_kl"]).algorithm
+        assert no_kl.kl_weight == 0.0 and (dataset, "fedvtc_no_kl") not in files
 
 
 TABLE_PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("table_*.yaml"))

@@ -1,10 +1,12 @@
 """benchmarks/tuning_table.py on hand-made runs: each method's configurations named by what differs
 from its defaults, the best by validation accuracy, one seed only, and conf/tuned files written
-from what was measured (none for FedVTC or a baseline whose defaults won)."""
+from what was measured (none for a method whose defaults won or whose search is not done), FedVTC's
+shared with its variants."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -48,17 +50,48 @@ def test_each_method_gets_its_configurations_and_the_best_is_written_as_tuned(tm
     assert rows["fedvtc"]["configurations"] == 2
 
     (tmp_path / "tuned").mkdir()
-    (tmp_path / "tuned" / "cpu_fedtgp.yaml").write_text("proto_weight: 10.0\n")  # an earlier winner
-    (tmp_path / "tuned" / "cpu_ccvr.yaml").write_text("calibration_epochs: 5\n")
+    (tmp_path / "tuned" / "cpu_mnist_fedtgp.yaml").write_text("proto_weight: 10.0\n")  # an earlier winner
+    (tmp_path / "tuned" / "cpu_mnist_ccvr.yaml").write_text("calibration_epochs: 5\n")
     _run(grid, "ccvr_1", ["algorithm=ccvr", "algorithm.calibration_epochs=2"], 0.40)  # 1 configuration only
     configs = tuning_table.collect([grid, tmp_path / "tuning"])
-    written = tuning_table.write_tuned(configs, tmp_path / "tuned", "test runs", budget=2)
-    assert not (tmp_path / "tuned" / "cpu_fedtgp.yaml").exists()
-    assert (tmp_path / "tuned" / "cpu_ccvr.yaml").read_text() == "calibration_epochs: 5\n"  # search not done
-    assert [p.name for p in written] == ["cpu_fedproto.yaml"]  # not FedVTC, not FedTGP (defaults won)
+    assert tuning_table.dataset_of(configs) == "mnist"
+    written = tuning_table.write_tuned(configs, tmp_path / "tuned", "test runs", prefix="cpu_mnist", budget=2)
+    assert not (tmp_path / "tuned" / "cpu_mnist_fedtgp.yaml").exists()
+    assert (tmp_path / "tuned" / "cpu_mnist_ccvr.yaml").read_text() == "calibration_epochs: 5\n"  # search not done
+    assert [p.name for p in written] == ["cpu_mnist_fedproto.yaml"]  # not FedVTC, not FedTGP (defaults won)
     tuned = OmegaConf.load(written[0])
     assert dict(tuned) == {"proto_weight": 0.123456}  # the value measured, unrounded
     assert written[0].read_text().startswith("# @package algorithm\n# Best of fedproto's 3 configurations")
+
+
+def test_fedvtcs_best_is_written_and_its_variants_take_it_except_the_one_about_it(tmp_path: Path) -> None:
+    for i, (beta, score) in enumerate(((1.0, 0.10), (0.0, 0.12), (0.015625, 0.15))):
+        _run(tmp_path / "readings", f"fedvtc_{i}", ["algorithm=fedvtc", f"algorithm.kl_weight={beta}"], score)
+    _run(tmp_path / "readings", "no_kl", ["algorithm=fedvtc_no_kl"], 0.5)  # an ablation: its own method, never written
+    tuned = tmp_path / "tuned"
+    written = tuning_table.write_tuned(tuning_table.collect([tmp_path]), tuned, "test runs", prefix="cpu_mnist", budget=3)
+    names = {p.name for p in written}
+    assert OmegaConf.load(tuned / "cpu_mnist_fedvtc.yaml") == {"kl_weight": 0.015625}  # the best that is not 1.0
+    assert {"cpu_mnist_fedvtc_real_finetune.yaml", "cpu_mnist_fedvtc_dm.yaml"} <= names
+    assert "cpu_mnist_fedvtc_no_kl.yaml" not in names  # it sets kl_weight itself
+    assert "  - cpu_mnist_fedvtc\n" in (tuned / "cpu_mnist_fedvtc_dm.yaml").read_text()
+    # Hydra applies them as conf/config.yaml does: the variant gets FedVTC's beta.
+    from hydra import compose, initialize_config_dir
+
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    for path in written:
+        shutil.copy(path, conf / "tuned" / path.name)
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        assert compose("config", overrides=["tuning=cpu", "algorithm=fedvtc_dm"]).algorithm.kl_weight == 0.015625
+        assert compose("config", overrides=["tuning=cpu", "algorithm=fedvtc_no_kl"]).algorithm.kl_weight == 0.0
+        assert compose("config", overrides=["tuning=cpu", "dataset=cifar10", "algorithm=fedvtc_dm"]).algorithm.kl_weight \
+            == compose("config", overrides=["algorithm=fedvtc_dm"]).algorithm.kl_weight
+    # When FedVTC's defaults win, its file and its variants' go.
+    _run(tmp_path / "again", "fedvtc", ["algorithm=fedvtc"], 0.9)  # the defaults, scored again (first found)
+    configs = tuning_table.collect([tmp_path / "again", tmp_path / "readings"])
+    tuning_table.write_tuned(configs, tuned, "test runs", prefix="cpu_mnist", budget=3)
+    assert not list(tuned.glob("cpu_mnist_fedvtc*.yaml"))
 
 
 def test_runs_of_different_cells_are_not_compared(tmp_path: Path) -> None:
