@@ -85,7 +85,7 @@ def test_fedvtcs_best_is_written_and_its_variants_take_it_except_the_one_about_i
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         assert compose("config", overrides=["tuning=cpu", "algorithm=fedvtc_dm"]).algorithm.kl_weight == 0.015625
         assert compose("config", overrides=["tuning=cpu", "algorithm=fedvtc_no_kl"]).algorithm.kl_weight == 0.0
-        assert compose("config", overrides=["tuning=cpu", "dataset=cifar10", "algorithm=fedvtc_dm"]).algorithm.kl_weight \
+        assert compose("config", overrides=["tuning=cpu", "dataset=fashion_mnist", "algorithm=fedvtc_dm"]).algorithm.kl_weight \
             == compose("config", overrides=["algorithm=fedvtc_dm"]).algorithm.kl_weight
     # When FedVTC's defaults win, its file and its variants' go.
     _run(tmp_path / "again", "fedvtc", ["algorithm=fedvtc"], 0.9)  # the defaults, scored again (first found)
