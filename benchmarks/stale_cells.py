@@ -1,0 +1,92 @@
+"""The cells of a comparison table that this checkout's config would run again: each committed cell
+is composed from its directory's overrides (the name Hydra gave it) with the table's preset, and its
+identity (``fedvtc.sweep.cell_identity``) compared with the cell's saved ``config.yaml``. Run it from
+a checkout of the commit a table is to be pinned to, before pinning, e.g. after a method's tuned
+values change on one dataset (README "The comparison table"):
+
+    python benchmarks/stale_cells.py benchmarks/results/table_cpu
+    python benchmarks/stale_cells.py benchmarks/results/table_cpu \
+        --move-to benchmarks/results/table_cpu_cifar10_tuned_on_mnist
+
+``--move-to DIR`` moves each stale cell, as it ran, to ``DIR/<part>/<cell>`` (a table of its own;
+copy the pin ``CODE`` beside it). Exit code 0 whether or not cells are stale; 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+PARTS = {"main": "", "ablations": "_ablations", "dp": "_dp"}  # part directory -> preset suffix
+
+
+def compose_cell(preset: str, part: str, cell: str) -> dict[str, Any]:
+    """The resolved config this checkout gives the cell named ``cell`` of ``part``."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [f"experiment=table_{preset}{PARTS[part]}", *cell.split(",")]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)  # type: ignore[return-value]
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested configs."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def stale_cells(table: Path, preset: str) -> list[tuple[Path, list[str]]]:
+    """Each finished cell of ``table`` whose identity this checkout changes, with the keys changed."""
+    from fedvtc.sweep import cell_identity
+
+    stale = []
+    for part in PARTS:
+        for config_path in sorted((table / part).glob("*/config.yaml")):
+            cell = config_path.parent
+            saved = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+            old, new = cell_identity(saved), cell_identity(compose_cell(preset, part, cell.name))  # type: ignore[arg-type]
+            if old != new:
+                stale.append((cell, changed_keys(old, new)))
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("table", type=Path, help="a table directory (benchmarks/results/table_<preset>)")
+    parser.add_argument("--preset", help="cpu or paper (default: from the directory's name)")
+    parser.add_argument("--move-to", type=Path, metavar="DIR", help="move each stale cell to DIR/<part>/<cell>")
+    args = parser.parse_args(argv)
+    preset = args.preset or args.table.resolve().name.removeprefix("table_")
+    if not (REPO / "conf" / "experiment" / f"table_{preset}.yaml").is_file():
+        print(f"error: no preset experiment=table_{preset}; give --preset cpu or --preset paper", file=sys.stderr)
+        return 2
+    if not any((args.table / part).is_dir() for part in PARTS):
+        print(f"error: {args.table} has none of {', '.join(PARTS)}/: not a table directory", file=sys.stderr)
+        return 2
+    stale = stale_cells(args.table, preset)
+    for cell, keys in stale:
+        print(f"{cell.parent.name}/{cell.name}: {', '.join(keys)}")
+    print(f"{len(stale)} stale cell(s) in {args.table}")
+    if args.move_to:
+        for cell, _ in stale:
+            destination = args.move_to / cell.parent.name / cell.name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(cell), destination)
+        print(f"moved {len(stale)} to {args.move_to}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
