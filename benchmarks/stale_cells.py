@@ -35,20 +35,16 @@ def compose_cell(preset: str, part: str, cell: str) -> dict[str, Any]:
         return OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)  # type: ignore[return-value]
 
 
-def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The dotted keys whose values differ between two nested configs."""
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += changed_keys(a, b, f"{prefix}{key}.")
-        elif a != b:
-            keys.append(f"{prefix}{key}")
-    return keys
+    from fedvtc.checkpoint import flatten_dotted
+
+    flat_old, flat_new = flatten_dotted(old), flatten_dotted(new)
+    return sorted(k for k in set(flat_old) | set(flat_new) if flat_old.get(k) != flat_new.get(k))
 
 
 def stale_cells(table: Path, preset: str) -> list[tuple[Path, list[str]]]:
-    """Each finished cell of ``table`` whose identity this checkout changes, with the keys changed."""
+    """Each cell of ``table`` (finished or not) whose identity this checkout changes, with the keys changed."""
     from fedvtc.sweep import cell_identity
 
     stale = []
