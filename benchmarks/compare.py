@@ -12,7 +12,9 @@ mean ± std over seeds of:
 - the paired difference per seed (same split and seed) against training alone and against the
   best baseline of the setting (the one of ``BASELINES`` other than the row's own method with the
   highest mean final accuracy), with the per-seed values in brackets: a gap whose spread reaches
-  across zero is inside seed noise;
+  across zero is inside seed noise; FedVTC and its variants also against the real-data control
+  (``fedvtc_real_finetune``: the same fine-tuning steps on real data only), which says whether the
+  generator adds anything beyond those steps;
 - communication to a target: the MB (up + down, all clients) exchanged until the run's mean
   global-test accuracy first reaches the final accuracy of training alone with the same seed, or
   "never" (with how many seeds reached it when only some did); beside it bytes per client per round
@@ -47,6 +49,14 @@ Run = dict[str, Any]
 BASELINES = ("local", "fedproto", "fedtgp", "fedgen", "ccvr", "fedtype")
 # Training alone: the reference of the paired differences and of communication to a target.
 REFERENCE = "local"
+# The real-data control: FedVTC's fine-tuning steps on real data only. FedVTC and its variants are
+# also paired against it, which says whether the generator adds anything beyond the extra steps.
+CONTROL = "fedvtc_real_finetune"
+
+
+def is_fedvtc_variant(method: str) -> bool:
+    """FedVTC and its ablations (the control itself excluded): the rows paired against the control."""
+    return method.startswith("fedvtc") and not method.startswith(CONTROL)
 
 
 def method_label(results: Run) -> str:
@@ -315,6 +325,7 @@ def summarize(key: Key, groups: dict[Key, list[Run]]) -> dict[str, Any]:
 
     reference_runs = groups.get((REFERENCE, dataset, partition), []) if method != REFERENCE else []
     best = best_baseline(groups, dataset, partition, excluding=method)
+    control_runs = groups.get((CONTROL, dataset, partition), []) if is_fedvtc_variant(method) else []
     target = targets(groups, dataset, partition)
     return {
         "method": method,
@@ -329,6 +340,7 @@ def summarize(key: Key, groups: dict[Key, list[Run]]) -> dict[str, Any]:
         f"Δ vs {REFERENCE} (pp, per seed)": _fmt_paired(paired_differences(runs, reference_runs)),
         "Δ vs best baseline (pp, per seed)": _fmt_paired(
             paired_differences(runs, groups[(best, dataset, partition)]) if best else [], best),
+        "Δ vs control (pp, per seed)": _fmt_paired(paired_differences(runs, control_runs)),
         f"MB to {REFERENCE}'s final acc": _fmt_to_target(
             [bytes_to_target(r, target[seed_of(r)]) for r in runs if seed_of(r) in target]),
         "up KB/client/round": _fmt(per_client_round("total_bytes_up"), 1 / 1024),
@@ -357,7 +369,8 @@ def collect(dirs: list[Path], *, by_overrides: bool = False, allow_mixed_code: b
 # The columns that judge the paper's claims (``--brief``): the setting, accuracy, per group, against
 # training alone and the best baseline per seed, and communication to the target.
 BRIEF = ("method", "dataset", "partition", "seeds", "final global acc (%)", "held-class acc (%)", "missing-class acc (%)",
-         f"Δ vs {REFERENCE} (pp, per seed)", "Δ vs best baseline (pp, per seed)", f"MB to {REFERENCE}'s final acc",
+         f"Δ vs {REFERENCE} (pp, per seed)", "Δ vs best baseline (pp, per seed)", "Δ vs control (pp, per seed)",
+         f"MB to {REFERENCE}'s final acc",
          "total MB", "… of missing classes (%)")
 
 

@@ -89,6 +89,9 @@ def _table(root: Path) -> None:
     _write(root, "algorithm=fedvtc_dm", label="fedvtc_dm", acc=0.30, seed=1, curve=[0.2, 0.3, 0.30], bytes_per_round=2**20)
     _write(root, "algorithm=fedvtc_no_kl", label="fedvtc_no_kl", acc=0.1, seed=0, bytes_per_round=2**20)
     _write(root, "algorithm=fedvtc_no_kl", label="fedvtc_no_kl", acc=0.1, seed=1, bytes_per_round=2**20)
+    # The real-data control, FedVTC's fine-tuning steps without the generator.
+    _write(root, "algorithm=fedvtc_real_finetune", label="fedvtc_real_finetune", acc=0.35, seed=0)
+    _write(root, "algorithm=fedvtc_real_finetune", label="fedvtc_real_finetune", acc=0.33, seed=1)
 
 
 def test_paired_differences_per_seed_against_training_alone_and_the_best_baseline(tmp_path: Path) -> None:
@@ -100,6 +103,17 @@ def test_paired_differences_per_seed_against_training_alone_and_the_best_baselin
     # A baseline is compared with the best other baseline; training alone not with itself.
     assert rows["ccvr"]["Δ vs best baseline (pp, per seed)"] == "+1.0 ± 2.8 (+3.0, -1.0) vs local"
     assert rows["local"]["Δ vs local (pp, per seed)"] == "–"
+
+
+def test_fedvtc_and_its_variants_are_paired_against_the_real_data_control(tmp_path: Path) -> None:
+    _table(tmp_path)
+    rows = {r["method"]: r for r in compare.collect([tmp_path])}
+    # FedVTC - control: 40 - 35 and 38 - 33 points; an ablation too; nothing else is.
+    assert rows["fedvtc"]["Δ vs control (pp, per seed)"] == "+5.0 ± 0.0 (+5.0, +5.0)"
+    assert rows["fedvtc_dm"]["Δ vs control (pp, per seed)"] == "-3.5 ± 0.7 (-4.0, -3.0)"
+    for method in ("fedvtc_real_finetune", "local", "ccvr"):
+        assert rows[method]["Δ vs control (pp, per seed)"] == "–"
+    assert "Δ vs control (pp, per seed)" in compare.BRIEF
 
 
 def test_a_baseline_with_fewer_seeds_is_not_the_best_baseline(tmp_path: Path) -> None:
@@ -137,7 +151,7 @@ def test_plots_of_accuracy_missing_classes_and_bytes(tmp_path: Path) -> None:
     columns = [c.strip() for c in brief.stdout.splitlines()[0].strip("|").split("|")]
     # The setting stays on each row, so the parts of a table of several settings can be told apart.
     assert columns[:4] == ["method", "dataset", "partition", "seeds"] and "total MB" in columns
-    assert "s/round" not in columns and len(brief.stdout.splitlines()) == 2 + 5
+    assert "s/round" not in columns and len(brief.stdout.splitlines()) == 2 + 6  # six methods
 
 
 def test_the_source_fingerprint_lets_parts_of_other_commits_merge(tmp_path: Path) -> None:
