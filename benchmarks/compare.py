@@ -367,11 +367,11 @@ def collect(dirs: list[Path], *, by_overrides: bool = False, allow_mixed_code: b
 
 
 # The columns that judge the paper's claims (``--brief``): the setting, accuracy, per group, against
-# training alone and the best baseline per seed, and communication to the target.
+# training alone, the best baseline and (FedVTC's variants) the real-data control per seed, and
+# communication to the target.
 BRIEF = ("method", "dataset", "partition", "seeds", "final global acc (%)", "held-class acc (%)", "missing-class acc (%)",
          f"Δ vs {REFERENCE} (pp, per seed)", "Δ vs best baseline (pp, per seed)", "Δ vs control (pp, per seed)",
-         f"MB to {REFERENCE}'s final acc",
-         "total MB", "… of missing classes (%)")
+         f"MB to {REFERENCE}'s final acc", "total MB", "… of missing classes (%)")
 
 
 def to_markdown(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> str:
