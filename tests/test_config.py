@@ -226,3 +226,20 @@ def test_every_search_space_and_grid_of_the_tuning_names_real_settings() -> None
         for knob in knobs:
             key = knob.split("=", 1)[0]
             assert OmegaConf.select(cfg, key, default=missing) is not missing, f"{line}: no setting {key}"
+
+
+def test_readings_at_the_tables_scale_are_the_table_cell_scored_on_the_validation_split() -> None:
+    """experiment=readings_table is table_cpu's cell, tuned values included, with the validation split
+    carved out, and it runs only the cells given on the command line (not the table's grid)."""
+    from hydra import compose, initialize_config_dir
+
+    for dataset in ("mnist", "cifar10"):
+        table = compose_config(["experiment=table_cpu", f"dataset={dataset}"])
+        readings = compose_config(["experiment=readings_table", f"dataset={dataset}"])
+        assert table.eval.validation == 0 and readings.eval.validation == 2000
+        readings.eval.validation = 0
+        assert readings == table
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        hydra_cfg = compose(config_name="config", overrides=["experiment=readings_table"], return_hydra_config=True).hydra
+    assert hydra_cfg.sweeper.params is None
+    assert hydra_cfg.sweep.dir.startswith("multirun/readings_table/")
