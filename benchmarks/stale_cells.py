@@ -23,14 +23,25 @@ from typing import Any
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = {"main": "", "ablations": "_ablations", "dp": "_dp"}  # part directory -> preset suffix
+
+
+def part_experiment(preset: str, part: str) -> str:
+    """The preset whose sweep fills ``OUT/<part>/``, by benchmarks/table.sh's naming: ``main`` holds
+    the grid of ``table_<preset>``, any other part directory that of ``table_<preset>_<part>``."""
+    return f"table_{preset}" if part == "main" else f"table_{preset}_{part}"
+
+
+def table_parts(table: Path) -> list[str]:
+    """The part directories of ``table`` that hold cells."""
+    return sorted(d.name for d in table.iterdir() if d.is_dir() and any(d.glob("*/config.yaml"))) \
+        if table.is_dir() else []
 
 
 def compose_cell(preset: str, part: str, cell: str) -> dict[str, Any]:
     """The resolved config this checkout gives the cell named ``cell`` of ``part``."""
     from hydra import compose, initialize_config_dir
 
-    overrides = [f"experiment=table_{preset}{PARTS[part]}", *cell.split(",")]
+    overrides = [f"experiment={part_experiment(preset, part)}", *cell.split(",")]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)  # type: ignore[return-value]
 
@@ -48,7 +59,7 @@ def stale_cells(table: Path, preset: str) -> list[tuple[Path, list[str]]]:
     from fedvtc.sweep import cell_identity
 
     stale = []
-    for part in PARTS:
+    for part in table_parts(table):
         for config_path in sorted((table / part).glob("*/config.yaml")):
             cell = config_path.parent
             saved = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
@@ -68,8 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     if not (REPO / "conf" / "experiment" / f"table_{preset}.yaml").is_file():
         print(f"error: no preset experiment=table_{preset}; give --preset cpu or --preset paper", file=sys.stderr)
         return 2
-    if not any((args.table / part).is_dir() for part in PARTS):
-        print(f"error: {args.table} has none of {', '.join(PARTS)}/: not a table directory", file=sys.stderr)
+    parts = table_parts(args.table)
+    if not parts:
+        print(f"error: {args.table} has no part directory with cells (main/, ablations/, ...): not a table directory",
+              file=sys.stderr)
+        return 2
+    unknown = [p for p in parts if not (REPO / "conf" / "experiment" / f"{part_experiment(preset, p)}.yaml").is_file()]
+    if unknown:
+        print(f"error: {args.table}: no preset for part(s) {', '.join(unknown)} "
+              f"(expected conf/experiment/{part_experiment(preset, unknown[0])}.yaml)", file=sys.stderr)
         return 2
     stale = stale_cells(args.table, preset)
     for cell, keys in stale:

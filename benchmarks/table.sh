@@ -77,6 +77,8 @@ simulate() {
   (cd "$code_dir" && PYTHONPATH="$code_dir${PYTHONPATH:+:$PYTHONPATH}" "$python" run_simulation.py -m "$@")
 }
 
+# A part's cells land in OUT/main/ (the grid of experiment=table_<preset>) or OUT/<kind>/ (that of
+# experiment=table_<preset>_<kind>): benchmarks/stale_cells.py composes the cells back by this naming.
 run_part() {
   local part=$1
   case "$part" in

@@ -48,3 +48,7 @@ def test_it_says_what_is_wrong(tmp_path: Path, capsys) -> None:
     (tmp_path / "table_cpu").mkdir()
     assert stale_cells.main([str(tmp_path / "table_cpu")]) == 2
     assert "not a table directory" in capsys.readouterr().err
+    (tmp_path / "table_cpu" / "weird" / "cell").mkdir(parents=True)
+    (tmp_path / "table_cpu" / "weird" / "cell" / "config.yaml").write_text("seed: 0\n")
+    assert stale_cells.main([str(tmp_path / "table_cpu")]) == 2
+    assert "no preset for part(s) weird" in capsys.readouterr().err
