@@ -47,7 +47,8 @@ READINGS=(
 # The generator read again on the table's cell (experiment=readings_table: 20 rounds, a quarter of
 # the training set, every method with its tuned values, so FedVTC at CIFAR-10's beta = 0), since the
 # 10-round cell understated what good images add on CIFAR-10 (RESULTS.md "The ablations"). Each line
-# changes one thing; the first three are the references (FedVTC, training alone, real images).
+# changes one thing; the first three and the last are the references (FedVTC, training alone, real
+# images, each class's mean image: the best one template per class can be).
 TABLE_READINGS=(
   "algorithm=fedvtc"
   "algorithm=local"
@@ -57,6 +58,7 @@ TABLE_READINGS=(
   "algorithm=fedvtc_style algorithm.vtc.train_input=class_mean"
   "algorithm=fedvtc algorithm.vtc.train_noise=0.3"
   "algorithm=fedvtc_style algorithm.vtc.train_input=class_mean algorithm.vtc.epochs=4.0"
+  "algorithm=fedvtc_oracle_mean"
 )
 experiment=${EXPERIMENT:-readings}
 if [[ "$experiment" == readings_table ]]; then READINGS=("${TABLE_READINGS[@]}"); fi
