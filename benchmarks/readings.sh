@@ -57,7 +57,6 @@ TABLE_READINGS=(
   "algorithm=fedvtc algorithm.vtc.width=32"
   "algorithm=fedvtc_style algorithm.vtc.train_input=class_mean"
   "algorithm=fedvtc algorithm.vtc.train_noise=0.3"
-  "algorithm=fedvtc_style algorithm.vtc.train_input=class_mean algorithm.vtc.epochs=4.0"
   "algorithm=fedvtc_oracle_mean"
 )
 experiment=${EXPERIMENT:-readings}
