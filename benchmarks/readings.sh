@@ -8,7 +8,7 @@
 #
 # Each line of READINGS is one cell (its overrides); all land in multirun/<experiment>/<dataset>_a<alpha>/
 # under a directory named after the overrides. Started again, it runs only the cells not finished.
-# Then: python benchmarks/compare.py multirun/readings/<dataset>_a<alpha> --out <table> --validation
+# Then: python benchmarks/compare.py multirun/<experiment>/<dataset>_a<alpha> --out <table> --validation
 set -euo pipefail
 dataset=${1:-mnist}
 alpha=${2:-0.1}

@@ -31,10 +31,16 @@ def part_experiment(preset: str, part: str) -> str:
     return f"table_{preset}" if part == "main" else f"table_{preset}_{part}"
 
 
+def has_experiment(name: str) -> bool:
+    """Is there a preset ``experiment=<name>`` in this checkout?"""
+    return (REPO / "conf" / "experiment" / f"{name}.yaml").is_file()
+
+
 def table_parts(table: Path) -> list[str]:
     """The part directories of ``table`` that hold cells."""
-    return sorted(d.name for d in table.iterdir() if d.is_dir() and any(d.glob("*/config.yaml"))) \
-        if table.is_dir() else []
+    if not table.is_dir():
+        return []
+    return sorted(d.name for d in table.iterdir() if d.is_dir() and any(d.glob("*/config.yaml")))
 
 
 def compose_cell(preset: str, part: str, cell: str) -> dict[str, Any]:
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--move-to", type=Path, metavar="DIR", help="move each stale cell to DIR/<part>/<cell>")
     args = parser.parse_args(argv)
     preset = args.preset or args.table.resolve().name.removeprefix("table_")
-    if not (REPO / "conf" / "experiment" / f"table_{preset}.yaml").is_file():
+    if not has_experiment(f"table_{preset}"):
         print(f"error: no preset experiment=table_{preset}; give --preset cpu or --preset paper", file=sys.stderr)
         return 2
     parts = table_parts(args.table)
@@ -84,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.table} has no part directory with cells (main/, ablations/, ...): not a table directory",
               file=sys.stderr)
         return 2
-    unknown = [p for p in parts if not (REPO / "conf" / "experiment" / f"{part_experiment(preset, p)}.yaml").is_file()]
+    unknown = [p for p in parts if not has_experiment(part_experiment(preset, p))]
     if unknown:
         print(f"error: {args.table}: no preset for part(s) {', '.join(unknown)} "
               f"(expected conf/experiment/{part_experiment(preset, unknown[0])}.yaml)", file=sys.stderr)
