@@ -202,6 +202,7 @@ def train_vtc(
     train_noise: float = 1.0,
     style_beta: float = 1.0,
     train_input: str = "features",
+    features: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Train the VTC with the classifier frozen: reconstruction + dm_weight * distribution matching.
 
@@ -226,6 +227,11 @@ def train_vtc(
     pooled Gaussian of the image's class, which is what synthesis draws from: every client then
     trains the shared decoder on the same inputs, whatever its extractor; the extractor is not run.
 
+    ``features``: g(x) of every image of ``data`` (``extract_features``), when the caller already
+    has them for this frozen model: each step then reads its batch's rows instead of running the
+    extractor (the same numbers: in eval mode a sample's features do not depend on its batch).
+    Not with ``encoder_optimizer``, whose steps change g.
+
     Returns the mean reconstruction, DM and style-KL losses over the steps.
     """
     if dm_space not in DM_SPACES:
@@ -234,6 +240,8 @@ def train_vtc(
         raise ValueError(f"train_input must be one of {VTC_INPUTS}, got {train_input!r}")
     if train_input == "class_mean" and encoder_optimizer is not None:
         raise ValueError("train_input='class_mean' runs no extractor, so it cannot train one as the encoder")
+    if features is not None and (encoder_optimizer is not None or len(features) != len(data)):
+        raise ValueError("features must be the frozen extractor's, one row per image of data")
     device = next(vtc.parameters()).device
     model.eval()  # frozen: BatchNorm uses its running statistics and is not updated
     model.requires_grad_(False)
@@ -257,6 +265,8 @@ def train_vtc(
                     model.extractor.requires_grad_(True)
                 if train_input == "class_mean":  # every client's decoder reads the same inputs
                     z = target.means[y]
+                elif features is not None:
+                    z = features[idx].to(device)
                 else:
                     with torch.set_grad_enabled(encoder_optimizer is not None):
                         z = model.forward_features(x)
@@ -280,11 +290,11 @@ def train_vtc(
                 if dm_weight > 0 and len(dm_labels) > 0:
                     latents = sample_latents(target.means, target.second, dm_labels, generator=generator)
                     style = torch.randn(len(latents), style_dim, generator=generator).to(device) if style_dim else None
-                    features = model.forward_features(vtc(latents, style))
+                    decoded_features = model.forward_features(vtc(latents, style))
                     if dm_space == "features":
-                        dm = dm_loss(features, dm_labels, target.means, stds)
+                        dm = dm_loss(decoded_features, dm_labels, target.means, stds)
                     else:
-                        dm = F.cross_entropy(model.head(features), dm_labels)
+                        dm = F.cross_entropy(model.head(decoded_features), dm_labels)
                     (dm_weight * dm).backward()
                     dm_sum += float(dm.detach())
                 if grad_clip > 0:
@@ -405,6 +415,13 @@ def calibrate_head(
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
     return total / max(seen, 1)
+
+
+def model_version(model: nn.Module) -> tuple[int, ...]:
+    """Changes whenever the model does: autograd's version counter of every parameter and buffer,
+    which each in-place write bumps (an optimizer step, BatchNorm's running statistics in a
+    train-mode forward, a loaded state dict). Lets a caller reuse what it computed on the model."""
+    return tuple(t._version for t in (*model.parameters(), *model.buffers()))
 
 
 @torch.no_grad()

@@ -151,3 +151,34 @@ def test_synthesis_of_missing_classes_only(data_dir: Path, tmp_path: Path, monke
     pooled = pool_statistics([decode(u[0], num_classes=10, feature_dim=p).stats for u in uploads])
     _, _, metrics = _fit(settings, 0, encode(Payload(pooled)), 2)
     assert metrics["time_synthesis"] > 0 and metrics["time_finetune"] > 0
+
+
+@pytest.mark.parametrize("reading", [
+    # the shared VTC trains last (synthesize_from=global, round 2 only trains it): its features are
+    # those the statistics read, extracted once
+    ["algorithm=fedvtc", "algorithm.vtc.steps=5", "algorithm.synthesis.per_class=4"],
+    # the private VTC trains, then fine-tuning changes the model: the statistics extract anew
+    OVERRIDES,
+])
+def test_uploaded_statistics_are_those_of_the_model_after_its_round(reading, data_dir: Path, tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    from fedvtc.algorithms import fedvtc as fedvtc_module
+    from fedvtc.algorithms.fedvtc import build_vtc
+    from fedvtc.training import extract_features, feature_statistics
+
+    monkeypatch.setenv("FEDVTC_DATA_DIR", str(data_dir))
+    settings = build_settings(compose_config(["experiment=debug", *reading]), output_dir=tmp_path)
+    uploads = [_fit(settings, cid, encode(Payload()), 1) for cid in range(2)]
+    shapes = shared_shapes(build_vtc(settings)) if settings.algorithm.shared_vtc else None
+    pooled = pool_statistics([decode(u[0], num_classes=10, feature_dim=settings.feature_dim, extra_shapes=shapes).stats
+                              for u in uploads])
+    extractions = []
+    monkeypatch.setattr(fedvtc_module, "extract_features",
+                        lambda *args, **kwargs: extractions.append(1) or extract_features(*args, **kwargs))
+    client = FedVTCClient(0, settings)
+    client.fit(encode(Payload(pooled)), {"server_round": 2, "num_rounds": 2})
+    fresh = feature_statistics(client.model, client.train_data)
+    for name in ("classes", "counts", "means", "second"):
+        torch.testing.assert_close(torch.as_tensor(getattr(client.local_stats, name)),
+                                   torch.as_tensor(getattr(fresh, name)), rtol=0, atol=0)
+    assert len(extractions) == (1 if reading[0] == "algorithm=fedvtc" else 2)

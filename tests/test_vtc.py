@@ -24,6 +24,21 @@ def test_bad_image_size():
     with pytest.raises(ValueError):
         VTC(8, 30, 1, [0.5], [0.5])
 
+@pytest.mark.parametrize("size,channels", [(28, 1), (32, 3)])
+def test_synthesis_in_channels_last_decodes_the_same_images(size, channels):
+    """Eval mode decodes in channels-last (faster on CPU); the images are those of the default
+    layout, and come back in it."""
+    torch.manual_seed(0)
+    vtc = VTC(16, size, channels, [0.5] * channels, [0.25] * channels).eval()
+    z = torch.randn(64, 16)
+    with torch.no_grad():
+        out = vtc(z)
+        h = vtc.project(z).view(-1, vtc.start_channels, vtc.start_size, vtc.start_size)
+        default = (torch.tanh(vtc.to_image(vtc.upsample(torch.nn.functional.leaky_relu(h, 0.2)))) + 1) / 2
+        default = (default - vtc.pixel_mean) / vtc.pixel_std
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, default)
+
 
 def test_shared_arrays_round_trip():
     a, b = VTC(8, 28, 1, [0.5], [0.5]), VTC(8, 28, 1, [0.5], [0.5])
@@ -241,3 +256,58 @@ def test_an_unknown_norm_stats_is_refused():
 
     with pytest.raises(ValueError, match="norm_stats"):
         finetune(None, None, None, epochs=1, batch_size=1, generator=None, norm_stats="sometimes")
+
+
+def test_vtc_training_reads_given_features_as_it_would_compute_them():
+    """Given the frozen extractor's features of the data (what a client extracts once for its
+    statistics too), train_vtc trains the decoder exactly as when each step runs the extractor."""
+    from fedvtc.data import ImageSet
+    from fedvtc.training import GlobalGaussians, extract_features, train_vtc
+    from fedvtc.zoo import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet8", num_classes=3, feature_dim=8, in_channels=1, image_size=28)
+    data = ImageSet(torch.randn(40, 1, 28, 28), torch.tensor([0, 1] * 20))
+    target = GlobalGaussians(present=torch.tensor([True, True, False]), means=torch.randn(3, 8),
+                             variances=torch.ones(3, 8), second=torch.ones(3, 8))
+    start = VTC(8, 28, 1, [0.5], [0.5], width=4).state_dict()
+    runs = []
+    for features in (None, extract_features(model, data.x)):
+        vtc = VTC(8, 28, 1, [0.5], [0.5], width=4)
+        vtc.load_state_dict(start)
+        losses = train_vtc(vtc, model, data, torch.optim.Adam(vtc.parameters(), 1e-2), target, steps=4, batch_size=16,
+                           generator=torch.Generator().manual_seed(0), dm_weight=0.0, dm_per_class=2,
+                           features=features)
+        runs.append((losses, vtc.state_dict()))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1].values(), runs[1][1].values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="one row per image"):
+        train_vtc(vtc, model, data, torch.optim.Adam(vtc.parameters()), target, steps=1, batch_size=16,
+                  generator=torch.Generator(), dm_weight=0.0, dm_per_class=2, features=torch.zeros(3, 8))
+
+
+def test_model_version_follows_every_write_to_the_model():
+    """It changes with an optimizer step, BatchNorm's running statistics and a loaded state, and
+    not with an eval-mode forward or a change of mode."""
+    from fedvtc.training import model_version
+    from fedvtc.zoo import create_model
+
+    model = create_model("resnet8", num_classes=3, feature_dim=8, in_channels=1, image_size=28)
+    x = torch.randn(4, 1, 28, 28)
+    before = model_version(model)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    model.train()
+    assert model_version(model) == before
+    model(x)  # BatchNorm's running statistics move
+    after_forward = model_version(model)
+    assert after_forward != before
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(x).sum().backward()
+    optimizer.step()
+    after_step = model_version(model)
+    assert after_step != after_forward
+    model.load_state_dict(model.state_dict())
+    assert model_version(model) != after_step

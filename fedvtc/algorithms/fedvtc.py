@@ -28,14 +28,14 @@ from fedvtc.plots import save_class_grid
 from fedvtc.reference import load_reference, synthetic_accuracy
 from fedvtc.privacy.dp import epsilon_spent, private_class_statistics, resolve_noise_multiplier
 from fedvtc.seeding import AUGMENT, DP_NOISE, FINETUNE, INIT, SYNTHESIS, VTC_TRAIN, derive_seed, torch_generator
-from fedvtc.stats import ClassStats, pool_statistics
+from fedvtc.stats import ClassStats, class_statistics, pool_statistics
 from fedvtc.strategy import HeteroStrategy, Upload
 from fedvtc.training import (
     Alignment,
     GlobalGaussians,
     extract_features,
-    feature_statistics,
     finetune,
+    model_version,
     DM_SPACES,
     NORM_STATS,
     VTC_INPUTS,
@@ -255,6 +255,8 @@ class FedVTCClient(HeteroClient):
         # The pooled statistics last received: what the VTC was last trained and sampled on, kept
         # so that fedvtc.privacy.leakage can synthesize from it after the run.
         self.global_stats: ClassStats | None = None
+        # g(x) of the training set and the model version they were computed on (_training_features).
+        self._features: tuple[tuple[int, ...], torch.Tensor] | None = None
 
     def extra_state(self) -> dict[str, Any]:
         return {
@@ -315,9 +317,10 @@ class FedVTCClient(HeteroClient):
                 # post-processing of what it released, so that costs no further privacy.
                 self.local_stats = self._private_statistics(server_round, num_rounds)
             else:
-                self.local_stats = feature_statistics(
-                    self.model, self._on_device(self.train_data), full=a.covariance == "full"
+                self.local_stats = class_statistics(
+                    self._training_features(), self.train_data.y, full=a.covariance == "full"
                 )
+        self._features = None  # the next round's model is another
         return Payload(stats=self.local_stats, extra=shared_arrays(self.vtc) if a.shared_vtc else [])
 
     def _private_statistics(self, server_round: int, num_rounds: int) -> ClassStats:
@@ -330,7 +333,7 @@ class FedVTCClient(HeteroClient):
         dp = self.s.dp
         z = resolve_noise_multiplier(dp.noise_multiplier, dp.target_epsilon, num_rounds, dp.delta)
         stats = private_class_statistics(
-            extract_features(self.model, self.train_data.x), self.train_data.y,
+            self._training_features(), self.train_data.y,
             num_classes=self.s.dataset.num_classes, clip=dp.clip, noise_multiplier=z,
             generator=torch_generator(self.s.seed, self.cid, server_round, DP_NOISE),
             full=self.s.algorithm.covariance == "full", count_threshold=dp.count_threshold,
@@ -376,10 +379,21 @@ class FedVTCClient(HeteroClient):
         if train_decoder:
             self._train_vtc(target, server_round)
 
+    def _training_features(self) -> torch.Tensor:
+        """g(x) of the training set for the model as it is now, computed once per model version: the
+        VTC's steps and the statistics that follow them read the same features when nothing trained
+        the model in between (``synthesize_from=global``)."""
+        version = model_version(self.model)
+        if self._features is None or self._features[0] != version:
+            self._features = (version, extract_features(self.model, self.train_data.x))
+        return self._features[1]
+
     def _train_vtc(self, target: GlobalGaussians, server_round: int) -> None:
         a: FedVTCSettings = self.s.algorithm
         train = self._on_device(self.train_data)
         with self.timer("vtc_train"):
+            # The extractor is frozen here unless it trains as the encoder; class_mean reads none.
+            reads_features = a.vtc.train_input == "features" and not a.vtc.train_encoder
             losses = train_vtc(
                 self.decoder, self.model, train, self._vtc_optimizer.get(), target,
                 steps=a.vtc.steps_for(len(train)), batch_size=a.vtc.batch_size,
@@ -387,7 +401,7 @@ class FedVTCClient(HeteroClient):
                 dm_weight=a.vtc.dm_weight, dm_per_class=a.vtc.dm_per_class, grad_clip=a.vtc.grad_clip,
                 dm_space=a.vtc.dm_space, encoder_optimizer=self.optimizer if a.vtc.train_encoder else None,
                 encoder_weight=a.vtc.encoder_weight, train_noise=a.vtc.train_noise, style_beta=a.vtc.style_beta,
-                train_input=a.vtc.train_input,
+                train_input=a.vtc.train_input, features=self._training_features() if reads_features else None,
             )
         self.round_metrics.update(losses)
 
