@@ -229,8 +229,9 @@ def train_vtc(
 
     ``features``: g(x) of every image of ``data`` (``extract_features``), when the caller already
     has them for this frozen model: each step then reads its batch's rows instead of running the
-    extractor (the same numbers: in eval mode a sample's features do not depend on its batch).
-    Not with ``encoder_optimizer``, whose steps change g.
+    extractor. In eval mode a sample's features do not depend on its batch, up to float rounding
+    (the CPU kernels may sum a batch of a few images in another order). Not with
+    ``encoder_optimizer``, whose steps change g.
 
     Returns the mean reconstruction, DM and style-KL losses over the steps.
     """

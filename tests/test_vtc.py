@@ -260,7 +260,8 @@ def test_an_unknown_norm_stats_is_refused():
 
 def test_vtc_training_reads_given_features_as_it_would_compute_them():
     """Given the frozen extractor's features of the data (what a client extracts once for its
-    statistics too), train_vtc trains the decoder exactly as when each step runs the extractor."""
+    statistics too), train_vtc trains the decoder as when each step runs the extractor: number for
+    number with these batches (one of a few images may round differently)."""
     from fedvtc.data import ImageSet
     from fedvtc.training import GlobalGaussians, extract_features, train_vtc
     from fedvtc.zoo import create_model
