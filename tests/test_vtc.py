@@ -24,10 +24,11 @@ def test_bad_image_size():
     with pytest.raises(ValueError):
         VTC(8, 30, 1, [0.5], [0.5])
 
+
 @pytest.mark.parametrize("size,channels", [(28, 1), (32, 3)])
-def test_synthesis_in_channels_last_decodes_the_same_images(size, channels):
-    """Eval mode decodes in channels-last (faster on CPU); the images are those of the default
-    layout, and come back in it."""
+def test_decoding_in_channels_last_gives_the_default_layouts_images(size, channels):
+    """On CPU the decoder computes in channels-last (faster there); the images are those of the
+    default layout, and come back in it."""
     torch.manual_seed(0)
     vtc = VTC(16, size, channels, [0.5] * channels, [0.25] * channels).eval()
     z = torch.randn(64, 16)

@@ -320,7 +320,7 @@ class FedVTCClient(HeteroClient):
                 self.local_stats = class_statistics(
                     self._training_features(), self.train_data.y, full=a.covariance == "full"
                 )
-        self._features = None  # the next round's model is another
+        self._features = None  # not held past the round: model_version alone keeps them correct
         return Payload(stats=self.local_stats, extra=shared_arrays(self.vtc) if a.shared_vtc else [])
 
     def _private_statistics(self, server_round: int, num_rounds: int) -> ClassStats:
