@@ -46,7 +46,7 @@ from fedvtc.netns import VirtualNetwork
 APP_DIR = Path(__file__).resolve().parents[1]
 # Flower's flower-superexec reads its task poll interval (seconds, 0.01-60; Flower's default 1.0) here.
 SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
-SUPEREXEC_POLL_SECONDS = "0.1"
+SUPEREXEC_POLL_SECONDS = "0.5"
 CONNECTION = "deploy"
 HOST = "127.0.0.1"
 
@@ -191,7 +191,9 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     env["FLWR_HOME"] = str(flwr_home)
     env["PYTHONUNBUFFERED"] = "1"
     # Each SuperNode's flower-superexec asks for a new message to run every second by default, so
-    # every message of every round waited up to a second before its ClientApp even started.
+    # every message of every round waited up to a second before its ClientApp even started. Not
+    # much less: every poll is a gRPC call that costs the SuperExec and the SuperNode CPU time for
+    # as long as the node is up (at 0.1 s, 6 s more in a 50 s two-node deployment; RESULTS.md §2).
     env.setdefault(SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_SECONDS)
     bin_dir = str(Path(sys.executable).parent)
     if bin_dir not in env.get("PATH", "").split(os.pathsep):

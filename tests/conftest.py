@@ -23,13 +23,12 @@ _MATERIALIZE_CANDIDATES = (
 # the few-test deployment files to run last, one worker alone); longest first lets the quick files
 # fill the gaps at the end.
 HEAVIEST_FILES_FIRST = (
-    "test_deployment_loss.py",  # waits about a minute for Flower's heartbeat to expire
+    "test_deployment_secure.py",  # waits about a minute for a killed node's heartbeat to expire
     "test_deployment_hostile.py",
     "test_simulation.py",
     "test_ray_cluster.py",
     "test_deployment.py",
     "test_deployment_netns.py",
-    "test_deployment_secure.py",
     "test_checkpoint.py",
     "test_presets_smoke.py",
     "test_sweep.py",  # an Optuna search, run twice

@@ -92,9 +92,9 @@ def round_metrics(results: dict) -> list[tuple]:
     return [tuple(r[k] for k in keys) for r in results["rounds"]]
 
 
-def check_shape(results: dict) -> None:
-    """What a simulation's results.json holds (see test_simulation), for 2 clients and 2 rounds."""
-    assert [r["round"] for r in results["rounds"]] == [1, 2]
+def check_shape(results: dict, *, rounds: int = 2) -> None:
+    """What a simulation's results.json holds (see test_simulation), for 2 clients and ``rounds`` rounds."""
+    assert [r["round"] for r in results["rounds"]] == list(range(1, rounds + 1))
     for r in results["rounds"]:
         for key in ("global_accuracy", "global_accuracy_std", "local_accuracy", "bytes_up", "bytes_down",
                     "seconds", "accepted", "rejected", "failures", "phase_seconds"):

@@ -1,7 +1,8 @@
 """Flower deployment: the node config of the ClientApp, and real SuperLink/SuperNode processes on
 127.0.0.1 (slow): the launcher end to end (insecure), against the simulation of the same config,
-and stopped by SIGTERM. tests/test_deployment_secure.py runs the TLS + authentication deployment.
-Every test checks that no process it started (or that those started) is left.
+and stopped by SIGTERM. tests/test_deployment_secure.py runs the TLS + authentication deployment
+(with a node stopped and a node lost mid-round). Every test checks that no process it started (or
+that those started) is left.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ def test_deployment_node_config_sets_data_and_state_dirs(settings, tmp_path: Pat
 
 def test_deployment_processes_poll_for_work_quickly_unless_told_otherwise(tmp_path: Path, monkeypatch) -> None:
     """flower-superexec's 1 s default poll delayed every message's ClientApp; the launcher's processes
-    get 0.1 s, and an operator's own value is kept."""
+    get 0.5 s, and an operator's own value is kept."""
     monkeypatch.delenv(D.SUPEREXEC_POLL_ENV, raising=False)
-    assert D.flower_env(tmp_path)[D.SUPEREXEC_POLL_ENV] == "0.1"
+    assert D.flower_env(tmp_path)[D.SUPEREXEC_POLL_ENV] == "0.5"
     monkeypatch.setenv(D.SUPEREXEC_POLL_ENV, "2.5")
     assert D.flower_env(tmp_path)[D.SUPEREXEC_POLL_ENV] == "2.5"
 
