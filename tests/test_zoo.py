@@ -220,3 +220,31 @@ def test_zoo_configs_name_registered_models(path: Path) -> None:
 def test_zoo_config_groups() -> None:
     assert set(OmegaConf.load(CONF_ZOO / "cpu.yaml").models) == CPU_GROUP
     assert set(OmegaConf.load(CONF_ZOO / "gpu.yaml").models) == GPU_GROUP
+
+
+@pytest.mark.parametrize("name", sorted(CPU_GROUP | {"cnn4"}))
+def test_on_the_cpu_a_model_computes_in_channels_last_to_the_same_numbers(name: str) -> None:
+    """``on_device`` puts a client's model in the layout the CPU's kernels prefer: its convolution
+    weights and activations in channels-last, its outputs, gradients and state dict those of the
+    default layout up to float rounding."""
+    import copy
+
+    from fedvtc.client import on_device
+
+    torch.manual_seed(0)
+    reference = create_model(name, num_classes=NUM_CLASSES, feature_dim=FEATURE_DIM, in_channels=3, image_size=32)
+    model = on_device(copy.deepcopy(reference), torch.device("cpu"))
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4) % NUM_CLASSES
+    for m in (reference, model):
+        F.cross_entropy(m(x), y).backward()
+    torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
+    for (key, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=key)
+    # A state saved in either layout loads into the other, key for key and shape for shape.
+    state = model.state_dict()
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    reference.load_state_dict(state)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(value, state[key]), key

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from fedvtc.averaging import weighted_average
-from fedvtc.client import HeteroClient, LazyOptimizer, make_optimizer
+from fedvtc.client import HeteroClient, LazyOptimizer, make_optimizer, on_device
 from fedvtc.settings import ConfigError, RunSettings
 from fedvtc.losses import conformal_threshold
 from fedvtc.payload import Payload, PayloadError, decode
@@ -93,7 +93,7 @@ class FedTypeClient(HeteroClient):
 
     def setup(self) -> None:
         t = self.s.train
-        self.proxy = build_proxy(self.s).to(self.device)
+        self.proxy = on_device(build_proxy(self.s), self.device)
         self._proxy_optimizer = LazyOptimizer(lambda: make_optimizer(
             self.proxy.parameters(), name=t.optimizer, lr=t.lr, momentum=t.momentum,
             weight_decay=t.weight_decay,
