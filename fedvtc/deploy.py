@@ -193,7 +193,8 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     # Each SuperNode's flower-superexec asks for a new message to run every second by default, so
     # every message of every round waited up to a second before its ClientApp even started. Not
     # much less: every poll is a gRPC call that costs the SuperExec and the SuperNode CPU time for
-    # as long as the node is up (at 0.1 s, 6 s more in a 50 s two-node deployment; RESULTS.md §2).
+    # as long as the node is up (at 0.1 s, about 5 s more in a 50 s two-node deployment;
+    # docs/DEPLOYMENT.md).
     env.setdefault(SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_SECONDS)
     bin_dir = str(Path(sys.executable).parent)
     if bin_dir not in env.get("PATH", "").split(os.pathsep):
