@@ -29,7 +29,6 @@ from pathlib import Path
 
 from fedvtc.apps import host_info
 
-REPO = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
 
 # (text in the command line, kind): the first that matches names a process's kind.
@@ -159,8 +158,8 @@ def main() -> int:
     if not command:
         parser.error("give the command to measure after --, e.g. -- make test")
     result = measure(command, args.interval)
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
+    # The checkout the command ran in (e.g. a clone of another commit), not necessarily this script's.
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result.update(commit=commit, host=host_info())
     text = table(result)
     print(text)
