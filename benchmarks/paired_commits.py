@@ -14,7 +14,7 @@ worktree: Ray's workers put the driver's working directory first on ``sys.path``
 from another checkout with only ``PYTHONPATH`` set trains its clients with that checkout's code.
 
 ``BEFORE`` and ``AFTER`` hold the cells (``*/results.json``, searched recursively); cells are matched
-by their directory name (the overrides, ``seed=`` included). Per method (``algorithm=``): validation
+by their reading (the directory name without ``seed=``) and their seed. Per method (``algorithm=``): validation
 accuracy after the last round (mean ± std over seeds), the paired difference seed by seed, and the
 mean seconds of a round from round 2 on (round 1 holds Ray's start). Prints the table; ``--out``
 also writes ``<out>.md`` and ``<out>.json``.
@@ -28,14 +28,16 @@ import re
 import statistics
 from pathlib import Path
 
+from paired_readings import load  # finished cells by reading and seed
 
-def cells(root: Path) -> dict[str, dict]:
-    """Directory name -> results.json of every finished cell under ``root``."""
-    found = {}
-    for path in sorted(root.rglob("results.json")):
-        results = json.loads(path.read_text())
-        if results.get("final"):  # a finished run
-            found[path.parent.name] = results
+
+def readings(root: Path) -> dict[str, dict[int, dict]]:
+    """reading -> seed -> results.json of the finished cells anywhere under ``root``
+    (``paired_readings.load`` of every directory that holds cells)."""
+    found: dict[str, dict[int, dict]] = {}
+    for sweep in sorted({path.parent.parent for path in root.rglob("results.json")}):
+        for reading, runs in load(sweep).items():
+            found.setdefault(reading, {}).update(runs)
     return found
 
 
@@ -50,17 +52,18 @@ def _override(name: str, key: str, default: str) -> str:
     return found.group(1) if found else default
 
 
-def compare(before: dict[str, dict], after: dict[str, dict]) -> list[dict]:
+def compare(before: dict[str, dict[int, dict]], after: dict[str, dict[int, dict]]) -> list[dict]:
     rows: dict[str, dict] = {}
-    for name in sorted(before.keys() & after.keys()):
-        method, seed = _override(name, "algorithm", "(default)"), int(_override(name, "seed", "0"))
-        row = rows.setdefault(method, {"method": method, "seeds": [], "before": [], "after": [],
-                                       "seconds_before": [], "seconds_after": []})
-        row["seeds"].append(seed)
-        for side, results in (("before", before[name]), ("after", after[name])):
-            rounds = results["rounds"]
-            row[side].append(100 * rounds[-1]["validation_accuracy"])
-            row[f"seconds_{side}"].append(statistics.mean(r["seconds"] for r in rounds[1:] or rounds))
+    for reading in sorted(before.keys() & after.keys()):
+        method = _override(reading, "algorithm", "(default)")
+        for seed in sorted(before[reading].keys() & after[reading].keys()):
+            row = rows.setdefault(method, {"method": method, "seeds": [], "before": [], "after": [],
+                                           "seconds_before": [], "seconds_after": []})
+            row["seeds"].append(seed)
+            for side, results in (("before", before[reading][seed]), ("after", after[reading][seed])):
+                rounds = results["rounds"]
+                row[side].append(100 * rounds[-1]["validation_accuracy"])
+                row[f"seconds_{side}"].append(statistics.mean(r["seconds"] for r in rounds[1:] or rounds))
     for row in rows.values():
         row["difference"] = [a - b for a, b in zip(row["after"], row["before"])]
         row["round_seconds_before"] = statistics.mean(row.pop("seconds_before"))
@@ -87,7 +90,7 @@ def main() -> None:
     parser.add_argument("after", type=Path)
     parser.add_argument("--out", type=Path, help="write <out>.md and <out>.json")
     args = parser.parse_args()
-    before, after = cells(args.before), cells(args.after)
+    before, after = readings(args.before), readings(args.after)
     rows = compare(before, after)
     if not rows:
         raise SystemExit(f"error: no finished cell of the same name under both {args.before} and {args.after}")

@@ -17,9 +17,11 @@ import paired_commits  # noqa: E402
 
 def _cell(root: Path, name: str, accuracy: float, seconds: list[float], *, finished: bool = True) -> None:
     cell = root / "fedproto" / name
+    seed = int(name.split("seed=")[1].split(",")[0])
     cell.mkdir(parents=True)
     rounds = [{"validation_accuracy": accuracy, "seconds": s} for s in seconds]
-    (cell / "results.json").write_text(json.dumps({"rounds": rounds, "final": {"clients": []} if finished else None}))
+    (cell / "results.json").write_text(json.dumps({"rounds": rounds, "meta": {"seed": seed},
+                                                  "final": {"clients": []} if finished else None}))
 
 
 def test_cells_are_paired_by_name_and_seed(tmp_path: Path, capsys) -> None:
@@ -30,7 +32,7 @@ def test_cells_are_paired_by_name_and_seed(tmp_path: Path, capsys) -> None:
     _cell(after, "algorithm=fedproto,seed=2,tuning=cpu", 0.5, [1.0, 1.0])  # only one side ran it: left out
     _cell(before, "algorithm=local,seed=0,tuning=cpu", 0.5, [1.0, 1.0], finished=False)
     _cell(after, "algorithm=local,seed=0,tuning=cpu", 0.5, [1.0, 1.0])  # unfinished on one side: left out
-    [row] = paired_commits.compare(paired_commits.cells(before), paired_commits.cells(after))
+    [row] = paired_commits.compare(paired_commits.readings(before), paired_commits.readings(after))
     assert row["method"] == "fedproto" and row["seeds"] == [0, 1]
     assert row["difference"] == pytest.approx([1.0, -2.0])
     assert (row["round_seconds_before"], row["round_seconds_after"]) == (4.0, 3.0)  # round 1 (Ray's start) left out
