@@ -111,10 +111,11 @@ def simulate(settings: RunSettings, *, in_sweep: bool = False) -> dict[str, Any]
     quiet_third_party_notices()
     from flwr.simulation import run_simulation
 
-    if in_sweep and settings.simulation.keep_runtime:
-        from fedvtc.warm_ray import keep_warm
+    from fedvtc import warm_ray
 
-        keep_warm()
+    warm_ray.install()
+    if in_sweep and settings.simulation.keep_runtime:
+        warm_ray.keep_warm()
 
     run_simulation(
         server_app=make_server_app(settings),
