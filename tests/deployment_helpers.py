@@ -14,11 +14,11 @@ from types import SimpleNamespace
 from typing import Callable, TypeVar
 
 from fedvtc import deploy as D
-from helpers import REPO
+from helpers import REPO, TINY_FEDVTC
 
-# Two clients, two rounds on 3% of MNIST; no reference classifier (it would add a centrally trained
-# model before round 1 and nothing to what these tests check).
-OVERRIDES = "experiment=debug num_clients=2 eval.reference_model=null"
+# Two clients, two rounds on 3% of MNIST, the tests' tiny VTC budget; no reference classifier (it
+# would add a centrally trained model before round 1 and nothing to what these tests check).
+OVERRIDES = " ".join(["experiment=debug", "num_clients=2", "eval.reference_model=null", *TINY_FEDVTC])
 RUN_TIMEOUT = 420  # seconds per deployment; the whole run takes 1-2 minutes on 2 idle cores
 
 Deployed = TypeVar("Deployed")

@@ -14,11 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
 # A run that takes seconds: 3 clients x 2 rounds on 3 % of MNIST, a small global test subset, and
-# a FedVTC that trains its VTC for 4 steps and draws 4 images per class.
+# a FedVTC that trains its VTC for 4 steps and draws 4 images per class (``vtc.epochs=null``: the
+# default budget, a pass over the client's data, would override ``vtc.steps``).
 TINY_RUN = [
     "num_clients=3", "num_rounds=2", "train_fraction=0.03", "partition.min_size=5", "eval.global_subset=200",
 ]
-TINY_FEDVTC = ["algorithm.vtc.steps=4", "algorithm.synthesis.per_class=4"]
+TINY_FEDVTC = ["algorithm.vtc.epochs=null", "algorithm.vtc.steps=4", "algorithm.synthesis.per_class=4"]
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:

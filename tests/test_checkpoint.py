@@ -31,14 +31,14 @@ from fedvtc.inprocess import run_in_process
 from fedvtc.results import is_measurement
 from fedvtc.runner import RunError, prepare_run
 from fedvtc.state import state_path
-from helpers import compose_config, run_cli
+from helpers import TINY_FEDVTC, compose_config, run_cli
 
 # Tiny runs (seconds per round); a checkpoint after every round, the stop after round 2.
 TINY = ["num_clients=3", "train_fraction=0.03", "partition.min_size=5", "eval.global_subset=200"]
 # With the reference classifier (the smallest model), whose scores of the synthetic images are in
 # the results too.
 FEDVTC = [
-    *TINY, "num_rounds=3", "algorithm.vtc.steps=4", "algorithm.synthesis.per_class=4", "eval.reference_model=cnn_s",
+    *TINY, "num_rounds=3", *TINY_FEDVTC, "eval.reference_model=cnn_s",
 ]
 # Baselines whose server trains a model across rounds. Four rounds: round 4's download comes from
 # the server model trained in round 3, after the resume, so a model that was not restored would show.

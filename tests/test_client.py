@@ -23,7 +23,7 @@ from helpers import REPO, compose_config
 
 pytestmark = pytest.mark.slow
 
-OVERRIDES = ["experiment=debug", "algorithm=fedvtc_private_vtc", "algorithm.vtc.steps=5",
+OVERRIDES = ["experiment=debug", "algorithm=fedvtc_private_vtc", "algorithm.vtc.epochs=null", "algorithm.vtc.steps=5",
              "algorithm.synthesis.per_class=4"]
 
 
@@ -156,7 +156,7 @@ def test_synthesis_of_missing_classes_only(data_dir: Path, tmp_path: Path, monke
 @pytest.mark.parametrize("reading", [
     # the shared VTC trains last (synthesize_from=global, round 2 only trains it): its features are
     # those the statistics read, extracted once
-    ["algorithm=fedvtc", "algorithm.vtc.steps=5", "algorithm.synthesis.per_class=4"],
+    ["algorithm=fedvtc", "algorithm.vtc.epochs=null", "algorithm.vtc.steps=5", "algorithm.synthesis.per_class=4"],
     # the private VTC trains, then fine-tuning changes the model: the statistics extract anew
     OVERRIDES,
 ])

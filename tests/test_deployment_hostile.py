@@ -15,13 +15,15 @@ from pathlib import Path
 import pytest
 
 from deployment_helpers import RUN_TIMEOUT, deploy_beside, results_of
+from helpers import TINY_FEDVTC
 from fedvtc import deploy as D
 
 pytestmark = pytest.mark.slow
 
 HOSTILE = Path(__file__).resolve().parent / "hostile_node"
 # 4 rounds for the 4 corruptions; evaluated only in round 4 (fewer ClientApp processes).
-OVERRIDES = "experiment=debug num_clients=3 num_rounds=4 eval.every=4 eval.reference_model=null"
+OVERRIDES = " ".join(["experiment=debug", "num_clients=3", "num_rounds=4", "eval.every=4", "eval.reference_model=null",
+                      *TINY_FEDVTC])
 
 
 @pytest.fixture(scope="module")

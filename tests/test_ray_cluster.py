@@ -24,14 +24,14 @@ from typing import Callable
 import pytest
 
 from fedvtc import deploy as D
-from helpers import run_cli
+from helpers import TINY_FEDVTC, run_cli
 
 pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # 2 clients so that each node's one CPU holds one client actor; FedVTC's averaged VTC trains in
 # round 2; no reference classifier (nothing here reads synthetic scores).
-CELL = ["experiment=debug", "num_clients=2", "num_rounds=2", "eval.reference_model=null"]
+CELL = ["experiment=debug", "num_clients=2", "num_rounds=2", "eval.reference_model=null", *TINY_FEDVTC]
 
 
 def _ray_start(args: list[str], log: Path) -> subprocess.Popen:

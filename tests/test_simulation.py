@@ -13,16 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, run_cli
+from helpers import REPO, TINY_FEDVTC, run_cli
 
 pytestmark = pytest.mark.slow
+
+# The debug preset's FedVTC for 3 rounds (its averaged VTC trains from round 2 and synthesizes from
+# round 3), with the tests' tiny VTC budget.
+DEBUG_FEDVTC = ["experiment=debug", "num_rounds=3", *TINY_FEDVTC]
 
 
 @pytest.fixture(scope="module")
 def debug_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("debug_run")
-    # 3 rounds: the default's averaged VTC trains from round 2 and synthesizes from round 3.
-    proc = run_cli(["experiment=debug", "num_rounds=3", f"hydra.run.dir={out}"], data_dir)
+    proc = run_cli([*DEBUG_FEDVTC, f"hydra.run.dir={out}"], data_dir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
@@ -62,21 +65,20 @@ def test_results_files_and_accuracy_beats_chance(debug_run: Path) -> None:
 def test_sweep_runs_two_jobs_and_repeats_the_same_metrics(debug_run: Path, data_dir: Path, tmp_path: Path) -> None:
     # Seed 1 first: the seed-0 cell then runs second, on the first cell's warm Ray runtime and
     # client actors, and is compared with the same cell run alone (the fixture).
-    proc = run_cli(["-m", "experiment=debug", "num_rounds=3", "seed=1,0", f"hydra.sweep.dir={tmp_path}"], data_dir,
-                   timeout=900)
+    proc = run_cli(["-m", *DEBUG_FEDVTC, "seed=1,0", f"hydra.sweep.dir={tmp_path}"], data_dir, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     job1 = json.loads((tmp_path / "0" / "results.json").read_text())
     job0 = json.loads((tmp_path / "1" / "results.json").read_text())
     assert (job0["meta"]["seed"], job1["meta"]["seed"]) == (0, 1)
     # Progress: cells done, the one starting, the time left at the pace so far, each cell's time.
     log = proc.stdout + proc.stderr
-    assert "sweep: cell 1/2 starting (0 done): experiment=debug num_rounds=3 seed=1" in log
+    assert f"sweep: cell 1/2 starting (0 done): {' '.join(DEBUG_FEDVTC)} seed=1" in log
     assert re.search(r"sweep: cell 2/2 starting \(1 done, about [\d.]+ min left at [\d.]+ min a cell\)", log)
     assert re.search(r"sweep: cell 2/2 done in [\d.]+ s", log)
     # Started again with the same sweep directory: both cells are known by their resolved configs
     # as finished, and nothing runs or is rewritten.
     written = [(tmp_path / job / "results.json").stat().st_mtime_ns for job in ("0", "1")]
-    again = run_cli(["-m", "experiment=debug", "num_rounds=3", "seed=1,0", f"hydra.sweep.dir={tmp_path}"], data_dir)
+    again = run_cli(["-m", *DEBUG_FEDVTC, "seed=1,0", f"hydra.sweep.dir={tmp_path}"], data_dir)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     log = again.stdout + again.stderr
     assert "sweep: cell 1/2 finished already" in log and "sweep: cell 2/2 finished already" in log
@@ -109,7 +111,7 @@ def test_sweep_runs_two_jobs_and_repeats_the_same_metrics(debug_run: Path, data_
 
 def test_a_failing_client_does_not_stop_the_run(warm_simulation, tmp_path: Path) -> None:
     results = warm_simulation(["experiment=debug", "faults.clients=[1]", "faults.rounds=[2]",
-                               "eval.reference_model=null"], tmp_path)
+                               "eval.reference_model=null", *TINY_FEDVTC], tmp_path)
     first, second = results["rounds"]
     assert (first["failures"], first["accepted"]) == (0, 3)
     assert (second["failures"], second["accepted"]) == (1, 2)  # pooled from the two others
