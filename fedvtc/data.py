@@ -28,6 +28,8 @@ environment variable, else ``./data`` (see :func:`resolve_data_dir`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -559,14 +561,78 @@ def _one_line(error: BaseException) -> str:
 
 
 def _load_torchvision(spec: DatasetSpec, data_dir: Path, *, download: bool) -> tuple[ImageSet, ImageSet]:
-    cls = _dataset_class(spec)
     root = data_dir / spec.subdir if spec.subdir else data_dir
+    cls = None
     out = []
     for split in ("train", "test"):
-        ds = _construct(spec, cls, root, split, download)
-        images, labels = _arrays_from_dataset(ds, spec)
+        arrays = _cached_arrays(spec, root, split)
+        if arrays is None:
+            cls = cls or _dataset_class(spec)
+            arrays = _arrays_from_dataset(_construct(spec, cls, root, split, download), spec)
+            _cache_arrays(spec, root, split, arrays)
+        images, labels = arrays
         out.append(ImageSet(_normalize(images, spec), labels))
     return out[0], out[1]
+
+
+# ---- the decoded arrays, kept between processes ----------------------------------------------
+# Importing torchvision takes about 2 s of CPU (it imports torch._dynamo), and every process that
+# loads a dataset would pay it: each Ray actor, each run's driver, a deployed node's first
+# ClientApp. So the arrays torchvision decodes (uint8 images, int64 labels, before resizing and
+# normalization) are kept in the cache directory (fedvtc.cache), keyed by the dataset, the split,
+# whether md5 sums are checked, and the name, size and modification time of every file in the
+# dataset's folder: changed files are read (and checked) again. Only the datasets whose folder is
+# known here are kept.
+_SOURCE_FOLDERS = {
+    "MNIST": "MNIST", "FashionMNIST": "FashionMNIST", "KMNIST": "KMNIST", "EMNIST": "EMNIST",
+    "CIFAR10": "cifar-10-batches-py", "CIFAR100": "cifar-100-python", "STL10": "stl10_binary",
+}
+
+
+def _arrays_path(spec: DatasetSpec, root: Path, split: str) -> Path | None:
+    """Where the decoded ``split`` of ``spec`` under ``root`` is kept; None when it is not kept."""
+    from fedvtc.cache import cache_dir
+
+    directory = cache_dir()
+    folder = _SOURCE_FOLDERS.get(spec.source)
+    if directory is None or folder is None or not (root / folder).is_dir():
+        return None
+    files = []
+    for path in sorted((root / folder).rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            files.append((str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns))
+    kwargs = spec.train_kwargs if split == "train" else spec.test_kwargs
+    what = {"source": spec.source, "kwargs": kwargs, "skip_md5": spec.skip_md5, "root": str(root.resolve()),
+            "files": files}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return directory / f"dataset-{spec.source}-{split}-{digest}.pt"
+
+
+def _cached_arrays(spec: DatasetSpec, root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    path = _arrays_path(spec, root, split)
+    if path is None or not path.is_file():
+        return None
+    try:
+        kept = torch.load(path, map_location="cpu", weights_only=True)
+        return kept["images"], kept["labels"]
+    except Exception:  # a damaged file: decode again (and rewrite it)
+        return None
+
+
+def _cache_arrays(spec: DatasetSpec, root: Path, split: str, arrays: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Keep the decoded arrays (best effort: an unwritable cache only costs time)."""
+    from fedvtc.state import save_state
+
+    path = _arrays_path(spec, root, split)
+    if path is None:
+        return
+    try:
+        # As decoded (CIFAR's images a channels-first view of torchvision's array: torch.save keeps
+        # the strides), so that what is normalized from the cache is the same, bit for bit.
+        save_state(path, {"images": arrays[0], "labels": arrays[1]})
+    except OSError:
+        pass
 
 
 def _arrays_from_dataset(ds: Any, spec: DatasetSpec) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from fedvtc.cache import cache_dir
 from fedvtc.data import ImageSet
 from fedvtc.seeding import derive_seed, torch_generator
 from fedvtc.state import save_state
@@ -147,14 +148,6 @@ def load_reference(directory: str | os.PathLike) -> HeteroModel | None:
 # pool (every FedVTC variant of one dataset, seed and training fraction, whatever the partition)
 # share one judge instead of each training its own: the cache keeps trained judges by a key of all
 # of that (``reference_key``), in $FEDVTC_CACHE_DIR (default ~/.cache/fedvtc; "off" disables it).
-
-
-def cache_dir() -> Path | None:
-    """Where trained judges are kept, or None when ``FEDVTC_CACHE_DIR=off``."""
-    configured = os.environ.get("FEDVTC_CACHE_DIR", "")
-    if configured.lower() == "off":
-        return None
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "fedvtc"
 
 
 def reference_key(**inputs: object) -> str:

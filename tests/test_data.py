@@ -234,3 +234,51 @@ def test_to_unit_pixels_undoes_the_normalization() -> None:
     pixels = torch.rand((4, 3, 8, 8), generator=torch.Generator().manual_seed(7))
     normalized = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     torch.testing.assert_close(to_unit_pixels(normalized, mean, std), pixels)
+
+
+def test_decoded_arrays_are_kept_for_later_processes(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """A dataset decoded once is loaded by later processes from the cache directory, without
+    importing torchvision (about 2 s of CPU each), to the same tensors bit for bit."""
+    import hashlib
+    import subprocess
+    import sys
+    import textwrap
+
+    _require(data_dir, "MNIST")
+    monkeypatch.setenv("FEDVTC_CACHE_DIR", str(tmp_path / "cache"))
+    train, test = load_dataset(_spec("mnist", image_size=32, channels=3), data_dir, download=False)
+    assert sorted(p.name.split("-")[2] for p in (tmp_path / "cache").glob("dataset-MNIST-*.pt")) == ["test", "train"]
+
+    def digest(images: ImageSet) -> str:
+        return hashlib.sha256(images.x.numpy().tobytes() + images.y.numpy().tobytes()).hexdigest()
+
+    script = textwrap.dedent(f"""
+        import hashlib, sys, yaml
+        from fedvtc.data import DatasetSpec, load_dataset
+        spec = DatasetSpec.from_dict({{**yaml.safe_load(open({str(CONF / "mnist.yaml")!r})), "image_size": 32, "channels": 3}})
+        for s in load_dataset(spec, {str(data_dir)!r}, download=False):
+            print(hashlib.sha256(s.x.numpy().tobytes() + s.y.numpy().tobytes()).hexdigest())
+        print("torchvision imported:", "torchvision" in sys.modules)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [digest(train), digest(test), "torchvision", "imported:", "False"]
+
+
+def test_the_kept_arrays_follow_the_files_and_the_md5_setting(tmp_path: Path, monkeypatch) -> None:
+    from fedvtc.data import _arrays_path
+
+    monkeypatch.setenv("FEDVTC_CACHE_DIR", str(tmp_path / "cache"))
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte").write_bytes(b"0" * 16)
+    spec = _spec("mnist")
+    kept = _arrays_path(spec, tmp_path / "data", "train")
+    assert kept is not None and kept.parent == tmp_path / "cache"
+    assert _arrays_path(spec, tmp_path / "data", "train") == kept
+    assert _arrays_path(spec, tmp_path / "data", "test") != kept
+    assert _arrays_path(_spec("mnist", skip_md5=not spec.skip_md5), tmp_path / "data", "train") != kept
+    (raw / "train-images-idx3-ubyte").write_bytes(b"1" * 17)  # new contents: read again
+    assert _arrays_path(spec, tmp_path / "data", "train") != kept
+    monkeypatch.setenv("FEDVTC_CACHE_DIR", "off")
+    assert _arrays_path(spec, tmp_path / "data", "train") is None

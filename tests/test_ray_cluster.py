@@ -34,9 +34,10 @@ RAY = str(Path(sys.executable).with_name("ray"))
 CELL = ["experiment=debug", "num_clients=2", "num_rounds=2", "eval.reference_model=null", *TINY_FEDVTC]
 
 
-def _ray_start(args: list[str], log: Path) -> subprocess.Popen:
-    """``ray start --block ...``: the node's processes live as long as this command does."""
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+def _ray_start(args: list[str], log: Path, data_dir: Path) -> subprocess.Popen:
+    """``ray start --block ...``: the node's processes live as long as this command does. Its
+    client actors find the data as a cluster node's would: in the node's $FEDVTC_DATA_DIR."""
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", FEDVTC_DATA_DIR=str(data_dir))
     env.pop("RAY_ADDRESS", None)
     handle = open(log, "wb")
     return subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1", *args],
@@ -70,7 +71,7 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(data_dir: Path):
     # Short: Ray's unix sockets live under it, and a socket path may not exceed 107 bytes.
     temp = Path(tempfile.mkdtemp(prefix="fedvtc-ray-", dir="/tmp"))
     port = D.free_port()
@@ -78,11 +79,11 @@ def cluster():
     procs = []
     try:
         head = _ray_start(["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                           f"--temp-dir={temp / 'head'}"], temp / "head.log")
+                           f"--temp-dir={temp / 'head'}"], temp / "head.log", data_dir)
         procs.append(head)
         _wait_started(head, temp / "head.log")
         worker = _ray_start([f"--address={address}", "--num-cpus=1", f"--temp-dir={temp / 'worker'}"],
-                            temp / "worker.log")
+                            temp / "worker.log", data_dir)
         procs.append(worker)
         _wait_started(worker, temp / "worker.log")
         yield address, temp

@@ -21,7 +21,7 @@ def git(cwd: Path, *args: str) -> str:
 
 
 @pytest.mark.slow
-def test_a_pinned_table_runs_its_cells_from_the_pinned_commit(tmp_path: Path) -> None:
+def test_a_pinned_table_runs_its_cells_from_the_pinned_commit(data_dir: Path, tmp_path: Path) -> None:
     clone = tmp_path / "repo"
     git(REPO, "clone", "--quiet", "--depth", "1", f"file://{REPO}", str(clone))  # works from a shallow CI clone too
     shutil.copy(REPO / "benchmarks" / "table.sh", clone / "benchmarks" / "table.sh")  # this checkout's script
@@ -38,7 +38,7 @@ def test_a_pinned_table_runs_its_cells_from_the_pinned_commit(tmp_path: Path) ->
     (out / "CODE").write_text(f"{pinned}\n# kept from an earlier code\nkept {'0' * 40} fedproto\n")
 
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "FEDVTC_CACHE_DIR": "off",
-           "FEDVTC_DATA_DIR": os.environ.get("FEDVTC_DATA_DIR", str(REPO / "data"))}
+           "FEDVTC_DATA_DIR": str(data_dir)}
     run = subprocess.run(
         ["bash", "benchmarks/table.sh", "cpu", "mnist_a0.1", "algorithm=local", "seed=0", "num_rounds=1",
          "train_fraction=0.05", "eval.global_subset=200", "num_clients=4"],
