@@ -603,10 +603,12 @@ def _arrays_path(spec: DatasetSpec, root: Path, split: str) -> Path | None:
             stat = path.stat()
             files.append((str(path.relative_to(root)), stat.st_size, stat.st_mtime_ns))
     kwargs = spec.train_kwargs if split == "train" else spec.test_kwargs
-    what = {"source": spec.source, "kwargs": kwargs, "skip_md5": spec.skip_md5, "root": str(root.resolve()),
-            "files": files}
-    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
-    return directory / f"dataset-{spec.source}-{split}-{digest}.pt"
+    where = {"kwargs": kwargs, "skip_md5": spec.skip_md5, "root": str(root.resolve())}
+    return directory / f"dataset-{spec.source}-{split}-{_digest(where)[:16]}-{_digest(files)[:16]}.pt"
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _cached_arrays(spec: DatasetSpec, root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -631,6 +633,11 @@ def _cache_arrays(spec: DatasetSpec, root: Path, split: str, arrays: tuple[torch
         # As decoded (CIFAR's images a channels-first view of torchvision's array: torch.save keeps
         # the strides), so that what is normalized from the cache is the same, bit for bit.
         save_state(path, {"images": arrays[0], "labels": arrays[1]})
+        # One entry per dataset, split and place: the arrays of files since changed go.
+        stale_files = path.name.rsplit("-", 1)[0] + "-*.pt"
+        for stale in path.parent.glob(stale_files):
+            if stale != path:
+                stale.unlink(missing_ok=True)
     except OSError:
         pass
 

@@ -280,5 +280,14 @@ def test_the_kept_arrays_follow_the_files_and_the_md5_setting(tmp_path: Path, mo
     assert _arrays_path(_spec("mnist", skip_md5=not spec.skip_md5), tmp_path / "data", "train") != kept
     (raw / "train-images-idx3-ubyte").write_bytes(b"1" * 17)  # new contents: read again
     assert _arrays_path(spec, tmp_path / "data", "train") != kept
+    # Keeping the new arrays removes those of the old files (and nothing else).
+    from fedvtc.data import _cache_arrays
+
+    kept.parent.mkdir()
+    kept.write_bytes(b"old")
+    other = _arrays_path(spec, tmp_path / "data", "test")
+    other.write_bytes(b"other split")
+    _cache_arrays(spec, tmp_path / "data", "train", (torch.zeros(1, 1, 2, 2, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64)))
+    assert sorted((tmp_path / "cache").iterdir()) == sorted([_arrays_path(spec, tmp_path / "data", "train"), other])
     monkeypatch.setenv("FEDVTC_CACHE_DIR", "off")
     assert _arrays_path(spec, tmp_path / "data", "train") is None
