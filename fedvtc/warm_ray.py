@@ -10,8 +10,9 @@ still a complete Flower simulation (its own ServerApp, link state, nodes and con
 worker processes outlive it, with what they cache per process (the loaded dataset tensors).
 
 Flower 1.42 has no public hook for this: the backend is chosen inside ``flwr.server.superlink.
-fleet.vce.vce_api`` by importing ``RayBackend`` from its module at call time, so ``keep_warm``
-replaces that module attribute with a subclass. ``shutdown()`` (also run at exit) ends it all.
+fleet.vce.vce_api`` by importing ``RayBackend`` from its module at call time, so ``install``
+replaces that module attribute with a subclass, which ``keep_warm`` switches to keeping.
+``shutdown()`` (also run at exit) ends it all.
 
 The same subclass (``install()``, for every simulation of this project, warm or not) also starts
 Ray patiently: Ray 2.55 gives a new node's raylet a fixed 30 s to register with its GCS and gives up

@@ -266,7 +266,7 @@ def test_decoded_arrays_are_kept_for_later_processes(data_dir: Path, tmp_path: P
 
 
 def test_the_kept_arrays_follow_the_files_and_the_md5_setting(tmp_path: Path, monkeypatch) -> None:
-    from fedvtc.data import _arrays_path
+    from fedvtc.data import _arrays_path, _cache_arrays
 
     monkeypatch.setenv("FEDVTC_CACHE_DIR", str(tmp_path / "cache"))
     raw = tmp_path / "data" / "MNIST" / "raw"
@@ -281,13 +281,12 @@ def test_the_kept_arrays_follow_the_files_and_the_md5_setting(tmp_path: Path, mo
     (raw / "train-images-idx3-ubyte").write_bytes(b"1" * 17)  # new contents: read again
     assert _arrays_path(spec, tmp_path / "data", "train") != kept
     # Keeping the new arrays removes those of the old files (and nothing else).
-    from fedvtc.data import _cache_arrays
-
     kept.parent.mkdir()
     kept.write_bytes(b"old")
     other = _arrays_path(spec, tmp_path / "data", "test")
     other.write_bytes(b"other split")
-    _cache_arrays(spec, tmp_path / "data", "train", (torch.zeros(1, 1, 2, 2, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64)))
+    arrays = (torch.zeros(1, 1, 2, 2, dtype=torch.uint8), torch.zeros(1, dtype=torch.int64))
+    _cache_arrays(spec, tmp_path / "data", "train", arrays)
     assert sorted((tmp_path / "cache").iterdir()) == sorted([_arrays_path(spec, tmp_path / "data", "train"), other])
     monkeypatch.setenv("FEDVTC_CACHE_DIR", "off")
     assert _arrays_path(spec, tmp_path / "data", "train") is None
