@@ -46,6 +46,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedvtc.cache import cache_dir
+from fedvtc.state import save_state
 
 
 def _torchvision():
@@ -591,8 +593,6 @@ _SOURCE_FOLDERS = {
 
 def _arrays_path(spec: DatasetSpec, root: Path, split: str) -> Path | None:
     """Where the decoded ``split`` of ``spec`` under ``root`` is kept; None when it is not kept."""
-    from fedvtc.cache import cache_dir
-
     directory = cache_dir()
     folder = _SOURCE_FOLDERS.get(spec.source)
     if directory is None or folder is None or not (root / folder).is_dir():
@@ -624,8 +624,6 @@ def _cached_arrays(spec: DatasetSpec, root: Path, split: str) -> tuple[torch.Ten
 
 def _cache_arrays(spec: DatasetSpec, root: Path, split: str, arrays: tuple[torch.Tensor, torch.Tensor]) -> None:
     """Keep the decoded arrays (best effort: an unwritable cache only costs time)."""
-    from fedvtc.state import save_state
-
     path = _arrays_path(spec, root, split)
     if path is None:
         return
